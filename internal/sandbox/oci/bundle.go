@@ -1,0 +1,168 @@
+package oci
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+
+	"github.com/sessiond/sessiond/internal/agentapi"
+	"github.com/sessiond/sessiond/internal/sandbox"
+)
+
+// userNSSize is the number of host ids mapped into a runc sandbox's user namespace.
+const userNSSize = 65536
+
+// agentCaps are the only capabilities the agent (the sandbox's init, root inside) keeps:
+// enough to switch to the unprivileged user, signal and reap what it started, hand files to
+// the user and bring up loopback in its own network namespace. User code runs as an
+// unprivileged uid with no capabilities at all (no ambient set, no_new_privs).
+var agentCaps = []string{
+	"CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FOWNER", "CAP_KILL",
+	"CAP_SETGID", "CAP_SETUID", "CAP_NET_ADMIN",
+}
+
+// maskedPaths hide kernel information and interfaces from the sandbox.
+var maskedPaths = []string{
+	"/proc/acpi", "/proc/asound", "/proc/interrupts", "/proc/kcore", "/proc/keys",
+	"/proc/latency_stats", "/proc/sched_debug", "/proc/scsi", "/proc/timer_list",
+	"/proc/timer_stats", "/sys/firmware", "/sys/devices/virtual/powercap", "/sys/kernel/debug",
+}
+
+// readonlyPaths are kernel interfaces the sandbox may read but never write.
+var readonlyPaths = []string{
+	"/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger",
+}
+
+// bundleParams is everything a runtime-spec config is built from.
+type bundleParams struct {
+	id       string
+	spec     sandbox.Spec
+	limits   sandbox.Limits
+	rootPath string // the rootfs runc or runsc is given
+	rootRO   bool
+	rwDir    string // host dir holding data/, tmp/, home/
+	sockDir  string // host dir mounted at agentapi.SocketDir
+	agentBin string
+	userNS   bool
+	uidBase  uint32
+	seccomp  bool
+	cgroup   string
+}
+
+// buildSpec returns the runtime-spec configuration of a sandbox.
+func buildSpec(p bundleParams) *specs.Spec {
+	args := []string{agentapi.AgentPath,
+		"-socket", agentapi.SocketDir + "/" + agentapi.SocketName,
+		"-data-dir", agentapi.DataDir,
+		"-uid", strconv.Itoa(agentapi.UserUID), "-gid", strconv.Itoa(agentapi.UserGID),
+		"-home", homeDir}
+	if len(p.spec.Command) > 0 {
+		args = append(args, "--")
+		args = append(args, p.spec.Command...)
+	}
+	env := []string{
+		"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+		"HOME=" + homeDir,
+		"LANG=C.UTF-8",
+	}
+	env = append(env, p.spec.Env...)
+	nofile := p.limits.OpenFiles
+	s := &specs.Spec{
+		Version: specs.Version,
+		Process: &specs.Process{
+			User: specs.User{UID: 0, GID: 0},
+			Args: args,
+			Env:  env,
+			Cwd:  "/",
+			Capabilities: &specs.LinuxCapabilities{
+				Bounding:  agentCaps,
+				Effective: agentCaps,
+				Permitted: agentCaps,
+			},
+			Rlimits: []specs.POSIXRlimit{
+				{Type: "RLIMIT_NOFILE", Hard: nofile, Soft: nofile},
+				{Type: "RLIMIT_CORE", Hard: 0, Soft: 0},
+			},
+			NoNewPrivileges: true,
+		},
+		Root:     &specs.Root{Path: p.rootPath, Readonly: p.rootRO},
+		Hostname: "sandbox",
+		Mounts:   mounts(p),
+		Linux: &specs.Linux{
+			CgroupsPath: p.cgroup,
+			Resources:   resources(p.limits),
+			Namespaces: []specs.LinuxNamespace{
+				{Type: specs.PIDNamespace}, {Type: specs.IPCNamespace}, {Type: specs.UTSNamespace},
+				{Type: specs.MountNamespace}, {Type: specs.NetworkNamespace},
+			},
+			MaskedPaths:   maskedPaths,
+			ReadonlyPaths: readonlyPaths,
+		},
+	}
+	if p.userNS {
+		s.Linux.Namespaces = append(s.Linux.Namespaces,
+			specs.LinuxNamespace{Type: specs.UserNamespace}, specs.LinuxNamespace{Type: specs.CgroupNamespace})
+		s.Linux.UIDMappings = []specs.LinuxIDMapping{{ContainerID: 0, HostID: p.uidBase, Size: userNSSize}}
+		s.Linux.GIDMappings = []specs.LinuxIDMapping{{ContainerID: 0, HostID: p.uidBase, Size: userNSSize}}
+	}
+	if p.seccomp {
+		s.Linux.Seccomp = seccompProfile()
+	}
+	return s
+}
+
+// homeDir is the unprivileged user's home inside every sandbox.
+const homeDir = "/home/user"
+
+func mounts(p bundleParams) []specs.Mount {
+	nosuid := []string{"nosuid", "nodev"}
+	ms := []specs.Mount{
+		{Destination: "/proc", Type: "proc", Source: "proc", Options: []string{"nosuid", "noexec", "nodev"}},
+		{Destination: "/dev", Type: "tmpfs", Source: "tmpfs", Options: []string{"nosuid", "strictatime", "mode=755", "size=65536k"}},
+		{Destination: "/dev/pts", Type: "devpts", Source: "devpts", Options: []string{"nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"}},
+		{Destination: "/dev/shm", Type: "tmpfs", Source: "shm", Options: []string{"nosuid", "noexec", "nodev", "mode=1777", "size=65536k"}},
+		{Destination: "/dev/mqueue", Type: "mqueue", Source: "mqueue", Options: []string{"nosuid", "noexec", "nodev"}},
+		{Destination: "/sys", Type: "sysfs", Source: "sysfs", Options: []string{"nosuid", "noexec", "nodev", "ro"}},
+		{Destination: agentapi.DataDir, Type: "bind", Source: filepath.Join(p.rwDir, "data"), Options: append([]string{"rbind", "rw"}, nosuid...)},
+		{Destination: "/tmp", Type: "bind", Source: filepath.Join(p.rwDir, "tmp"), Options: append([]string{"rbind", "rw"}, nosuid...)},
+		{Destination: homeDir, Type: "bind", Source: filepath.Join(p.rwDir, "home"), Options: append([]string{"rbind", "rw"}, nosuid...)},
+		{Destination: agentapi.SocketDir, Type: "bind", Source: p.sockDir, Options: append([]string{"rbind", "rw", "noexec"}, nosuid...)},
+		{Destination: agentapi.AgentPath, Type: "bind", Source: p.agentBin, Options: append([]string{"bind", "ro"}, nosuid...)},
+	}
+	if p.userNS {
+		// A cgroup namespace shows the sandbox only its own cgroup.
+		ms = append(ms, specs.Mount{Destination: "/sys/fs/cgroup", Type: "cgroup", Source: "cgroup", Options: []string{"nosuid", "noexec", "nodev", "relatime", "ro"}})
+	}
+	return ms
+}
+
+func resources(l sandbox.Limits) *specs.LinuxResources {
+	mem := l.MemoryBytes
+	var swappiness uint64
+	period := uint64(100000)
+	quota := l.CPUMillis * int64(period) / 1000
+	return &specs.LinuxResources{
+		Memory: &specs.LinuxMemory{Limit: &mem, Swap: &mem, Swappiness: &swappiness},
+		CPU:    &specs.LinuxCPU{Quota: &quota, Period: &period},
+		Pids:   &specs.LinuxPids{Limit: &l.Pids},
+		Devices: []specs.LinuxDeviceCgroup{
+			{Allow: false, Access: "rwm"},
+		},
+	}
+}
+
+// writeBundle writes config.json into dir.
+func writeBundle(dir string, s *specs.Spec) error {
+	b, err := json.MarshalIndent(s, "", "\t")
+	if err != nil {
+		return fmt.Errorf("encoding runtime config: %w", err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "config.json"), b, 0o600); err != nil {
+		return fmt.Errorf("writing runtime config: %w", err)
+	}
+	return nil
+}

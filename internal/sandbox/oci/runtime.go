@@ -1,0 +1,642 @@
+// Package oci runs sandboxes with an OCI runtime (runc, or gVisor's runsc) from
+// runtime-spec bundles. It implements sandbox.Runtime: every sandbox gets a directory under
+// the runtime's state directory holding its bundle, its state record, its writable storage
+// (a size-limited tmpfs) and the socket directory where its agent listens.
+//
+// Layout of <StateDir>/<id>/:
+//
+//	state.json    versioned record read back by List and Attach after a restart
+//	config.json   the runtime-spec configuration (the directory is the bundle)
+//	rootfs/       runc only: overlay of the shared image (lower) and rw/upper
+//	rw/           tmpfs of Limits.DiskBytes: upper/, work/ (runc), data/, tmp/, home/,
+//	              and gVisor's overlay filestore (runsc)
+//	sock/         mounted at /run/sessiond; the agent creates agent.sock here
+//	runtime.log   the OCI runtime's own log (never written by sandbox code)
+//
+// The package imports sandbox, agentapi and errkind; only cmd/sessiond constructs it.
+package oci
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/sessiond/sessiond/internal/agentapi"
+	"github.com/sessiond/sessiond/internal/errkind"
+	"github.com/sessiond/sessiond/internal/sandbox"
+)
+
+// flavor is what differs between the OCI runtimes sessiond drives.
+type flavor struct {
+	isolation string
+	// userNS: runc sandboxes get a user namespace of their own (root inside is an
+	// unprivileged host uid range); gVisor's sentry is the boundary for runsc.
+	userNS bool
+	// seccomp: apply the default-deny profile (runc). gVisor filters its own host syscalls.
+	seccomp bool
+	// hostOverlay: the rootfs is an overlayfs mounted by sessiond (runc); otherwise the
+	// runtime overlays the shared image itself (runsc --overlay2).
+	hostOverlay bool
+	// flags renders the runtime-specific global flags for one sandbox.
+	flags func(rwDir string, l sandbox.Limits) []string
+}
+
+// flavors is the table of supported OCI runtimes.
+var flavors = map[string]flavor{
+	"runc": {
+		isolation: "namespaces", userNS: true, seccomp: true, hostOverlay: true,
+		flags: func(string, sandbox.Limits) []string { return nil },
+	},
+	"runsc": {
+		isolation: "gvisor",
+		flags: func(rwDir string, l sandbox.Limits) []string {
+			return []string{
+				// systrap works without /dev/kvm and on nested virtualization.
+				"--platform=systrap",
+				// The agent creates its socket in a host directory.
+				"--host-uds=create",
+				// Loopback only; egress comes from a later network layer.
+				"--network=none",
+				// The upper layer of the root overlay is a file in the sandbox's
+				// size-limited tmpfs, so the writable layer counts against DiskBytes.
+				"--overlay2=root:dir=" + rwDir + ",size=" + strconv.FormatInt(l.DiskBytes, 10),
+			}
+		},
+	},
+}
+
+// Names lists the OCI runtimes this package can drive.
+func Names() []string { return []string{"runsc", "runc"} }
+
+// Config configures one OCI runtime.
+type Config struct {
+	// Name is "runc" or "runsc".
+	Name string
+	// Binary is the runtime executable; default: Name looked up in PATH.
+	Binary string
+	// StateDir holds this runtime's sandboxes; it must be on a local file system and
+	// short enough for a unix socket path below it (at most 48 bytes).
+	StateDir string
+	// AgentBinary is the host path of the static sessiond-agent executable.
+	AgentBinary string
+	// UIDBase is the first host uid handed to runc user namespaces (default 1<<20); each
+	// sandbox gets its own range of 65536 ids above it.
+	UIDBase uint32
+	Log     *slog.Logger
+}
+
+// maxStateDir keeps <StateDir>/<id>/sock/agent.sock within the 107-byte unix socket limit.
+const maxStateDir = 48
+
+// Runtime is a sandbox.Runtime backed by an OCI runtime binary.
+type Runtime struct {
+	cfg    Config
+	fl     flavor
+	binary string
+	log    *slog.Logger
+
+	mu sync.Mutex
+	// slots maps user-namespace slot numbers to sandbox IDs (runc). Guarded by mu.
+	slots map[uint32]string
+	// slotsLoaded is true once slots was filled from the records on disk. Guarded by mu.
+	slotsLoaded bool
+	// clients caches one agent client per sandbox. Guarded by mu.
+	clients map[string]*agentapi.Client
+}
+
+var _ sandbox.Runtime = (*Runtime)(nil)
+
+// New returns a runtime for cfg. It has no side effects; Capabilities tells whether the
+// runtime can run here.
+func New(cfg Config) (*Runtime, error) {
+	fl, ok := flavors[cfg.Name]
+	if !ok {
+		return nil, errkind.New(errkind.Invalid, "unknown OCI runtime %q (known: %s)", cfg.Name, strings.Join(Names(), ", "))
+	}
+	if cfg.StateDir == "" || !filepath.IsAbs(cfg.StateDir) {
+		return nil, errkind.New(errkind.Invalid, "%s: state directory must be an absolute path, got %q", cfg.Name, cfg.StateDir)
+	}
+	cfg.StateDir = filepath.Clean(cfg.StateDir)
+	if len(cfg.StateDir) > maxStateDir {
+		return nil, errkind.New(errkind.Invalid, "%s: state directory %q is longer than %d bytes (unix socket paths below it would not fit)", cfg.Name, cfg.StateDir, maxStateDir)
+	}
+	if cfg.AgentBinary == "" {
+		return nil, errkind.New(errkind.Invalid, "%s: no agent binary configured", cfg.Name)
+	}
+	if cfg.UIDBase == 0 {
+		cfg.UIDBase = 1 << 20
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	bin := cfg.Binary
+	if bin == "" {
+		if p, err := exec.LookPath(cfg.Name); err == nil {
+			bin = p
+		} else {
+			bin = cfg.Name
+		}
+	}
+	return &Runtime{
+		cfg: cfg, fl: fl, binary: bin,
+		log:     cfg.Log.With("component", "sandbox", "runtime", cfg.Name),
+		slots:   map[uint32]string{},
+		clients: map[string]*agentapi.Client{},
+	}, nil
+}
+
+// Name implements sandbox.Runtime.
+func (r *Runtime) Name() string { return r.cfg.Name }
+
+// Capabilities implements sandbox.Runtime.
+func (r *Runtime) Capabilities() sandbox.Capabilities {
+	c := sandbox.Capabilities{Isolation: r.fl.isolation, UserNamespace: r.fl.userNS, Seccomp: r.fl.seccomp}
+	if _, err := exec.LookPath(r.binary); err != nil {
+		c.Reason = fmt.Sprintf("%s not found: %v", r.binary, err)
+		return c
+	}
+	if fi, err := os.Stat(r.cfg.AgentBinary); err != nil || fi.IsDir() {
+		c.Reason = fmt.Sprintf("agent binary %s not usable: %v", r.cfg.AgentBinary, err)
+		return c
+	}
+	if os.Geteuid() != 0 {
+		c.Reason = "sessiond must run as root to create sandboxes"
+		return c
+	}
+	c.Available = true
+	return c
+}
+
+var idPattern = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,39}$`)
+
+// newID returns a fresh sandbox ID.
+func newID() string {
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	return "sb-" + hex.EncodeToString(b[:])
+}
+
+func (r *Runtime) dir(id string) string { return filepath.Join(r.cfg.StateDir, id) }
+
+func (r *Runtime) socketPath(id string) string {
+	return filepath.Join(r.dir(id), "sock", agentapi.SocketName)
+}
+
+// cli returns the runtime CLI for calls about sandbox dir (its log goes there).
+func (r *Runtime) cli(extra ...string) *cli {
+	g := []string{"--root", filepath.Join(r.cfg.StateDir, ".runtime")}
+	return &cli{binary: r.binary, global: append(g, extra...)}
+}
+
+func validateSpec(s sandbox.Spec) error {
+	if s.ID != "" && !idPattern.MatchString(s.ID) {
+		return errkind.New(errkind.Invalid, "sandbox ID %q: want 1-40 characters of a-z, 0-9 and '-', starting with a letter or digit", s.ID)
+	}
+	if s.RootFS == "" || !filepath.IsAbs(s.RootFS) {
+		return errkind.New(errkind.Invalid, "root filesystem must be an absolute path, got %q", s.RootFS)
+	}
+	if fi, err := os.Stat(s.RootFS); err != nil || !fi.IsDir() {
+		return errkind.New(errkind.Invalid, "root filesystem %s is not a directory", s.RootFS)
+	}
+	l := s.Limits
+	switch {
+	case l.MemoryBytes < 0 || (l.MemoryBytes > 0 && l.MemoryBytes < 32<<20):
+		return errkind.New(errkind.Invalid, "memory limit %d: want at least 32 MiB", l.MemoryBytes)
+	case l.CPUMillis < 0 || (l.CPUMillis > 0 && l.CPUMillis < 10):
+		return errkind.New(errkind.Invalid, "CPU limit %d millicores: want at least 10", l.CPUMillis)
+	case l.Pids < 0 || (l.Pids > 0 && l.Pids < 8):
+		return errkind.New(errkind.Invalid, "process limit %d: want at least 8", l.Pids)
+	case l.DiskBytes < 0 || (l.DiskBytes > 0 && l.DiskBytes < 1<<20):
+		return errkind.New(errkind.Invalid, "disk limit %d: want at least 1 MiB", l.DiskBytes)
+	case l.OpenFiles > 0 && l.OpenFiles < 64:
+		return errkind.New(errkind.Invalid, "open files limit %d: want at least 64", l.OpenFiles)
+	}
+	for _, e := range s.Env {
+		if !strings.Contains(e, "=") || strings.ContainsRune(e, 0) {
+			return errkind.New(errkind.Invalid, "environment entry %q: want KEY=VALUE", e)
+		}
+	}
+	return nil
+}
+
+// Create implements sandbox.Runtime.
+func (r *Runtime) Create(ctx context.Context, spec sandbox.Spec) (info sandbox.Info, err error) {
+	if err := validateSpec(spec); err != nil {
+		return sandbox.Info{}, err
+	}
+	if c := r.Capabilities(); !c.Available {
+		return sandbox.Info{}, errkind.New(errkind.Unavailable, "runtime %s unavailable: %s", r.cfg.Name, c.Reason)
+	}
+	id := spec.ID
+	if id == "" {
+		id = newID()
+	}
+	timeout := spec.StartTimeout
+	if timeout <= 0 {
+		timeout = sandbox.DefaultStartTimeout
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	start := time.Now()
+	limits := spec.Limits.WithDefaults()
+
+	if err := os.MkdirAll(r.cfg.StateDir, 0o711); err != nil {
+		return sandbox.Info{}, fmt.Errorf("creating state directory: %w", err)
+	}
+	dir := r.dir(id)
+	if err := os.Mkdir(dir, 0o711); err != nil {
+		if errors.Is(err, fs.ErrExist) {
+			return sandbox.Info{}, errkind.New(errkind.AlreadyExists, "sandbox %s already exists", id)
+		}
+		return sandbox.Info{}, fmt.Errorf("creating sandbox directory: %w", err)
+	}
+	defer func() {
+		if err != nil {
+			if derr := r.Destroy(context.WithoutCancel(ctx), id); derr != nil {
+				r.log.Error("cleaning up failed create", "sandbox", id, "err", derr)
+			}
+		}
+	}()
+
+	rec := record{ID: id, Runtime: r.cfg.Name, Image: spec.Image, RootFS: spec.RootFS,
+		State: sandbox.StateCreating, Created: start.UTC(), Labels: spec.Labels, Limits: limits}
+	if r.fl.userNS {
+		base, err := r.allocUIDs(id)
+		if err != nil {
+			return sandbox.Info{}, err
+		}
+		rec.UIDBase = base
+	}
+	if err := writeRecord(dir, rec); err != nil {
+		return sandbox.Info{}, err
+	}
+	if err := r.prepare(dir, spec, rec); err != nil {
+		return sandbox.Info{}, fmt.Errorf("preparing sandbox %s: %w", id, err)
+	}
+	pidFile := filepath.Join(dir, "pid")
+	c := r.cli(append([]string{"--log", filepath.Join(dir, "runtime.log")}, r.fl.flags(filepath.Join(dir, "rw"), limits)...)...)
+	if err := c.runDetached(ctx, id, dir, pidFile); err != nil {
+		return sandbox.Info{}, fmt.Errorf("starting sandbox %s: %w%s", id, err, r.logTail(dir))
+	}
+	if err := r.waitHealthy(ctx, id); err != nil {
+		return sandbox.Info{}, fmt.Errorf("waiting for the agent of sandbox %s: %w%s", id, err, r.logTail(dir))
+	}
+	if b, err := os.ReadFile(pidFile); err == nil {
+		rec.PID, _ = strconv.Atoi(strings.TrimSpace(string(b)))
+	}
+	rec.State = sandbox.StateRunning
+	if err := writeRecord(dir, rec); err != nil {
+		return sandbox.Info{}, err
+	}
+	r.log.Debug("sandbox created", "sandbox", id, "duration", time.Since(start))
+	return rec.info(), nil
+}
+
+// prepare builds the sandbox's storage and bundle in dir.
+func (r *Runtime) prepare(dir string, spec sandbox.Spec, rec record) error {
+	root := rec.UIDBase // host uid of root inside the sandbox (0 without a user namespace)
+	user := root + agentapi.UserUID
+	rw := filepath.Join(dir, "rw")
+	if err := os.Mkdir(rw, 0o711); err != nil {
+		return fmt.Errorf("creating writable storage: %w", err)
+	}
+	if err := mountTmpfs(rw, rec.Limits.DiskBytes, 0, 0); err != nil {
+		return err
+	}
+	for _, d := range []struct {
+		name     string
+		mode     os.FileMode
+		uid, gid uint32
+	}{
+		{"upper", 0o755, root, root}, {"work", 0o700, 0, 0},
+		{"data", 0o755, user, user}, {"home", 0o755, user, user}, {"tmp", 0o1777, root, root},
+	} {
+		p := filepath.Join(rw, d.name)
+		if err := os.Mkdir(p, d.mode); err != nil {
+			return fmt.Errorf("creating %s: %w", d.name, err)
+		}
+		if err := os.Chmod(p, d.mode); err != nil { // Mkdir applies the umask
+			return fmt.Errorf("setting mode of %s: %w", d.name, err)
+		}
+		if err := os.Chown(p, int(d.uid), int(d.gid)); err != nil {
+			return fmt.Errorf("setting owner of %s: %w", d.name, err)
+		}
+	}
+	sock := filepath.Join(dir, "sock")
+	if err := os.Mkdir(sock, 0o700); err != nil {
+		return fmt.Errorf("creating socket directory: %w", err)
+	}
+	if err := os.Chown(sock, int(root), int(root)); err != nil {
+		return fmt.Errorf("setting owner of socket directory: %w", err)
+	}
+	rootPath, rootRO := spec.RootFS, false
+	if r.fl.hostOverlay {
+		rootPath = filepath.Join(dir, "rootfs")
+		if err := os.Mkdir(rootPath, 0o755); err != nil {
+			return fmt.Errorf("creating rootfs mount point: %w", err)
+		}
+		if err := mountOverlay(spec.RootFS, filepath.Join(rw, "upper"), filepath.Join(rw, "work"), rootPath); err != nil {
+			return err
+		}
+	}
+	s := buildSpec(bundleParams{
+		id: rec.ID, spec: spec, limits: rec.Limits, rootPath: rootPath, rootRO: rootRO,
+		rwDir: rw, sockDir: sock, agentBin: r.cfg.AgentBinary,
+		userNS: r.fl.userNS, uidBase: rec.UIDBase, seccomp: r.fl.seccomp, cgroup: cgroupPath(rec.ID),
+	})
+	return writeBundle(dir, s)
+}
+
+// waitHealthy polls the agent until it answers or ctx ends.
+func (r *Runtime) waitHealthy(ctx context.Context, id string) error {
+	sock := r.socketPath(id)
+	c := r.Agent(id)
+	delay := 500 * time.Microsecond
+	var lastErr error
+	for {
+		if _, err := os.Stat(sock); err == nil {
+			hctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+			_, err := c.Health(hctx)
+			cancel()
+			if err == nil {
+				return nil
+			}
+			lastErr = err
+		}
+		select {
+		case <-ctx.Done():
+			if lastErr == nil {
+				lastErr = errors.New("agent socket never appeared")
+			}
+			return errkind.Wrap(errkind.Timeout, fmt.Errorf("%w: %v", ctx.Err(), lastErr))
+		case <-time.After(delay):
+		}
+		if delay < 5*time.Millisecond {
+			delay *= 2
+		}
+	}
+}
+
+// logTail returns the end of the runtime's log for an error message.
+func (r *Runtime) logTail(dir string) string {
+	b, err := os.ReadFile(filepath.Join(dir, "runtime.log"))
+	if err != nil || len(b) == 0 {
+		return ""
+	}
+	if len(b) > 1500 {
+		b = b[len(b)-1500:]
+	}
+	return "; runtime log: " + strings.TrimSpace(string(b))
+}
+
+// Attach implements sandbox.Runtime.
+func (r *Runtime) Attach(ctx context.Context, id string) (sandbox.Info, error) {
+	if !idPattern.MatchString(id) {
+		return sandbox.Info{}, errkind.New(errkind.NotFound, "no sandbox %q", id)
+	}
+	rec, err := readRecord(r.dir(id))
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return sandbox.Info{}, errkind.New(errkind.NotFound, "no sandbox %q", id)
+		}
+		return sandbox.Info{}, errkind.Wrap(errkind.Unavailable, fmt.Errorf("attaching sandbox %s: %w", id, err))
+	}
+	if rec.State != sandbox.StateRunning {
+		return sandbox.Info{}, errkind.Wrap(errkind.Unavailable, fmt.Errorf("attaching sandbox %s: recorded state %s", id, rec.State))
+	}
+	st, err := r.cli().state(ctx, id)
+	if err != nil {
+		return sandbox.Info{}, errkind.Wrap(errkind.Unavailable, fmt.Errorf("attaching sandbox %s: %w", id, err))
+	}
+	if st.Status != "running" {
+		return sandbox.Info{}, errkind.Wrap(errkind.Unavailable, fmt.Errorf("attaching sandbox %s: runtime status %q", id, st.Status))
+	}
+	hctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if _, err := r.Agent(id).Health(hctx); err != nil {
+		return sandbox.Info{}, errkind.Wrap(errkind.Unavailable, fmt.Errorf("attaching sandbox %s: %w", id, err))
+	}
+	if r.fl.userNS {
+		r.mu.Lock()
+		r.loadSlotsLocked()
+		r.mu.Unlock()
+	}
+	return rec.info(), nil
+}
+
+// List implements sandbox.Runtime.
+func (r *Runtime) List(ctx context.Context) ([]sandbox.Info, error) {
+	ents, err := os.ReadDir(r.cfg.StateDir)
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("listing sandboxes: %w", err)
+	}
+	seen := map[string]bool{}
+	var out []sandbox.Info
+	for _, e := range ents {
+		if !e.IsDir() || !idPattern.MatchString(e.Name()) {
+			continue
+		}
+		seen[e.Name()] = true
+		rec, err := readRecord(r.dir(e.Name()))
+		if err != nil {
+			out = append(out, sandbox.Info{ID: e.Name(), Runtime: r.cfg.Name, State: sandbox.StateUnknown})
+			continue
+		}
+		out = append(out, rec.info())
+	}
+	// Containers the runtime knows without a directory of ours (a crash between removing
+	// the directory and the runtime's state) are listed so that they can be reaped.
+	if _, err := os.Stat(filepath.Join(r.cfg.StateDir, ".runtime")); err == nil {
+		ids, err := r.cli().list(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("listing %s containers: %w", r.cfg.Name, err)
+		}
+		for _, id := range ids {
+			if !seen[id] && idPattern.MatchString(id) {
+				out = append(out, sandbox.Info{ID: id, Runtime: r.cfg.Name, State: sandbox.StateUnknown})
+			}
+		}
+	}
+	return out, nil
+}
+
+// Destroy implements sandbox.Runtime.
+func (r *Runtime) Destroy(ctx context.Context, id string) error {
+	if !idPattern.MatchString(id) {
+		return nil // no sandbox can have this ID
+	}
+	// Cleanup runs to the end even if the caller gives up.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 60*time.Second)
+	defer cancel()
+	dir := r.dir(id)
+	if rec, err := readRecord(dir); err == nil && rec.State != sandbox.StateDestroying {
+		rec.State = sandbox.StateDestroying
+		_ = writeRecord(dir, rec) // best effort: Destroy proceeds from any state
+	}
+	r.mu.Lock()
+	if c := r.clients[id]; c != nil {
+		c.Close()
+		delete(r.clients, id)
+	}
+	r.mu.Unlock()
+
+	var errs []error
+	if err := r.cli().deleteForce(ctx, id); err != nil {
+		errs = append(errs, err)
+	}
+	// Safety nets behind the runtime's own delete: processes in the sandbox's cgroups, and
+	// runtime helpers (gVisor's sentry and gofer) whose command line names the bundle.
+	killBundleProcesses(dir)
+	if err := removeCgroups(id, time.Now().Add(10*time.Second)); err != nil {
+		errs = append(errs, err)
+	}
+	if err := unmount(filepath.Join(dir, "rootfs")); err != nil {
+		errs = append(errs, err)
+	}
+	if err := unmount(filepath.Join(dir, "rw")); err != nil {
+		errs = append(errs, err)
+	}
+	if len(errs) == 0 {
+		if err := os.RemoveAll(dir); err != nil {
+			errs = append(errs, fmt.Errorf("removing sandbox directory: %w", err))
+		}
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("destroying sandbox %s: %w", id, errors.Join(errs...))
+	}
+	r.mu.Lock()
+	for slot, owner := range r.slots {
+		if owner == id {
+			delete(r.slots, slot)
+		}
+	}
+	r.mu.Unlock()
+	return nil
+}
+
+// killBundleProcesses kills host processes whose command line mentions the bundle
+// directory: gVisor's sandbox and gofer processes are started with it.
+func killBundleProcesses(dir string) {
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		return
+	}
+	needle := []byte(dir + "\x00")
+	self := os.Getpid()
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || pid == self {
+			continue
+		}
+		b, err := os.ReadFile("/proc/" + e.Name() + "/cmdline")
+		if err != nil {
+			continue
+		}
+		if containsArg(b, needle) {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+		}
+	}
+}
+
+func containsArg(cmdline, needle []byte) bool {
+	s := string(cmdline)
+	n := string(needle)
+	return strings.Contains(s, "\x00"+n) || strings.HasPrefix(s, n) || strings.Contains(s, "="+n)
+}
+
+// Stats implements sandbox.Runtime.
+func (r *Runtime) Stats(ctx context.Context, id string) (sandbox.Stats, error) {
+	if !idPattern.MatchString(id) {
+		return sandbox.Stats{}, errkind.New(errkind.NotFound, "no sandbox %q", id)
+	}
+	if _, err := os.Stat(r.dir(id)); err != nil {
+		return sandbox.Stats{}, errkind.New(errkind.NotFound, "no sandbox %q", id)
+	}
+	pids := map[int]bool{}
+	for _, p := range cgroupPids(id) {
+		pids[p] = true
+	}
+	for _, p := range bundleProcesses(r.dir(id)) {
+		pids[p] = true
+	}
+	st := sandbox.Stats{MemoryBytes: cgroupMemory(id), CPUTime: cgroupCPU(id), Processes: len(pids)}
+	for p := range pids {
+		st.PSSBytes += pss(p)
+	}
+	return st, nil
+}
+
+// bundleProcesses lists host pids whose command line mentions dir.
+func bundleProcesses(dir string) []int {
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		return nil
+	}
+	needle := []byte(dir + "\x00")
+	var pids []int
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if b, err := os.ReadFile("/proc/" + e.Name() + "/cmdline"); err == nil && containsArg(b, needle) {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}
+
+// Agent implements sandbox.Runtime.
+func (r *Runtime) Agent(id string) *agentapi.Client {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	c := r.clients[id]
+	if c == nil {
+		c = agentapi.NewClient(r.socketPath(id))
+		r.clients[id] = c
+	}
+	return c
+}
+
+// allocUIDs reserves a user-namespace id range for sandbox id and returns its first host uid.
+func (r *Runtime) allocUIDs(id string) (uint32, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.loadSlotsLocked()
+	maxSlots := (uint32(1<<31) - r.cfg.UIDBase) / userNSSize
+	for s := uint32(0); s < maxSlots; s++ {
+		if _, used := r.slots[s]; !used {
+			r.slots[s] = id
+			return r.cfg.UIDBase + s*userNSSize, nil
+		}
+	}
+	return 0, errkind.New(errkind.LimitExceeded, "no free user namespace id range")
+}
+
+// loadSlotsLocked fills slots from the records on disk once.
+// Preconditions: r.mu is held.
+func (r *Runtime) loadSlotsLocked() {
+	if r.slotsLoaded {
+		return
+	}
+	r.slotsLoaded = true
+	ents, _ := os.ReadDir(r.cfg.StateDir)
+	for _, e := range ents {
+		if rec, err := readRecord(r.dir(e.Name())); err == nil && rec.UIDBase >= r.cfg.UIDBase {
+			r.slots[(rec.UIDBase-r.cfg.UIDBase)/userNSSize] = rec.ID
+		}
+	}
+}
