@@ -51,6 +51,8 @@ type bundleParams struct {
 	uidBase  uint32
 	seccomp  bool
 	cgroup   string
+	// hostPids is the pids cgroup limit; see flavor.hostPids.
+	hostPids int64
 }
 
 // buildSpec returns the runtime-spec configuration of a sandbox.
@@ -86,6 +88,9 @@ func buildSpec(p bundleParams) *specs.Spec {
 			Rlimits: []specs.POSIXRlimit{
 				{Type: "RLIMIT_NOFILE", Hard: nofile, Soft: nofile},
 				{Type: "RLIMIT_CORE", Hard: 0, Soft: 0},
+				// Processes per user: inside gVisor this is what bounds a fork bomb (the
+				// host pids cgroup must leave room for the sentry's own threads).
+				{Type: "RLIMIT_NPROC", Hard: uint64(p.limits.Pids), Soft: uint64(p.limits.Pids)},
 			},
 			NoNewPrivileges: true,
 		},
@@ -94,7 +99,7 @@ func buildSpec(p bundleParams) *specs.Spec {
 		Mounts:   mounts(p),
 		Linux: &specs.Linux{
 			CgroupsPath: p.cgroup,
-			Resources:   resources(p.limits),
+			Resources:   resources(p.limits, p.hostPids),
 			Namespaces: []specs.LinuxNamespace{
 				{Type: specs.PIDNamespace}, {Type: specs.IPCNamespace}, {Type: specs.UTSNamespace},
 				{Type: specs.MountNamespace}, {Type: specs.NetworkNamespace},
@@ -140,7 +145,7 @@ func mounts(p bundleParams) []specs.Mount {
 	return ms
 }
 
-func resources(l sandbox.Limits) *specs.LinuxResources {
+func resources(l sandbox.Limits, hostPids int64) *specs.LinuxResources {
 	mem := l.MemoryBytes
 	var swappiness uint64
 	period := uint64(100000)
@@ -148,7 +153,7 @@ func resources(l sandbox.Limits) *specs.LinuxResources {
 	return &specs.LinuxResources{
 		Memory: &specs.LinuxMemory{Limit: &mem, Swap: &mem, Swappiness: &swappiness},
 		CPU:    &specs.LinuxCPU{Quota: &quota, Period: &period},
-		Pids:   &specs.LinuxPids{Limit: &l.Pids},
+		Pids:   &specs.LinuxPids{Limit: &hostPids},
 		Devices: []specs.LinuxDeviceCgroup{
 			{Allow: false, Access: "rwm"},
 		},

@@ -16,14 +16,13 @@ import (
 // cgroupRoot is where the host's cgroup hierarchies are mounted.
 const cgroupRoot = "/sys/fs/cgroup"
 
-// cgroupParent is the cgroup under which every sandbox gets its own, named by sandbox ID.
-const cgroupParent = "sessiond"
-
-func cgroupPath(id string) string { return "/" + cgroupParent + "/" + id }
+// DefaultCgroupParent is the cgroup under which every sandbox gets its own, named by
+// sandbox ID.
+const DefaultCgroupParent = "sessiond"
 
 // cgroupDirs returns the sandbox's cgroup directories that exist, across all hierarchies
 // (cgroup v1 controllers, and the v2 hierarchy if mounted).
-func cgroupDirs(id string) []string {
+func cgroupDirs(cgroupParent, id string) []string {
 	var dirs []string
 	ents, err := os.ReadDir(cgroupRoot)
 	if err != nil {
@@ -43,10 +42,10 @@ func cgroupDirs(id string) []string {
 
 // cgroupPids returns the host pids in the sandbox's cgroups (all hierarchies, deduplicated),
 // including those in nested cgroups.
-func cgroupPids(id string) []int {
+func cgroupPids(cgroupParent, id string) []int {
 	seen := map[int]bool{}
 	var pids []int
-	for _, d := range cgroupDirs(id) {
+	for _, d := range cgroupDirs(cgroupParent, id) {
 		_ = filepath.WalkDir(d, func(path string, de os.DirEntry, err error) error {
 			if err != nil || !de.IsDir() {
 				return nil
@@ -69,14 +68,14 @@ func cgroupPids(id string) []int {
 
 // removeCgroups kills every process left in the sandbox's cgroups and removes them, deepest
 // first. It is the safety net behind the runtime's own delete.
-func removeCgroups(id string, deadline time.Time) error {
+func removeCgroups(cgroupParent, id string, deadline time.Time) error {
 	for {
-		pids := cgroupPids(id)
+		pids := cgroupPids(cgroupParent, id)
 		for _, pid := range pids {
 			_ = syscall.Kill(pid, syscall.SIGKILL)
 		}
 		var errs []error
-		for _, d := range cgroupDirs(id) {
+		for _, d := range cgroupDirs(cgroupParent, id) {
 			if err := removeCgroupTree(d); err != nil {
 				errs = append(errs, err)
 			}
@@ -113,7 +112,7 @@ func removeCgroupTree(dir string) error {
 }
 
 // cgroupMemory returns the memory charged to the sandbox's memory cgroup.
-func cgroupMemory(id string) int64 {
+func cgroupMemory(cgroupParent, id string) int64 {
 	for _, f := range []string{
 		filepath.Join(cgroupRoot, "memory", cgroupParent, id, "memory.usage_in_bytes"),
 		filepath.Join(cgroupRoot, cgroupParent, id, "memory.current"),
@@ -127,7 +126,7 @@ func cgroupMemory(id string) int64 {
 }
 
 // cgroupCPU returns the CPU time used by the sandbox's cgroup.
-func cgroupCPU(id string) time.Duration {
+func cgroupCPU(cgroupParent, id string) time.Duration {
 	if b, err := os.ReadFile(filepath.Join(cgroupRoot, "cpuacct", cgroupParent, id, "cpuacct.usage")); err == nil {
 		n, _ := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
 		return time.Duration(n)

@@ -50,6 +50,8 @@ type flavor struct {
 	// hostOverlay: the rootfs is an overlayfs mounted by sessiond (runc); otherwise the
 	// runtime overlays the shared image itself (runsc --overlay2).
 	hostOverlay bool
+	// hostPids returns the host pids cgroup limit for a sandbox limited to pids processes.
+	hostPids func(pids int64) int64
 	// flags renders the runtime-specific global flags for one sandbox.
 	flags func(rwDir string, l sandbox.Limits) []string
 }
@@ -58,10 +60,15 @@ type flavor struct {
 var flavors = map[string]flavor{
 	"runc": {
 		isolation: "namespaces", userNS: true, seccomp: true, hostOverlay: true,
-		flags: func(string, sandbox.Limits) []string { return nil },
+		hostPids: func(pids int64) int64 { return pids },
+		flags:    func(string, sandbox.Limits) []string { return nil },
 	},
 	"runsc": {
 		isolation: "gvisor",
+		// The sentry, the gofer and systrap's stub processes are host tasks that the
+		// sandbox's processes do not map to one to one: the pids limit is enforced inside
+		// gVisor (RLIMIT_NPROC), and the host cgroup only bounds a runaway sentry.
+		hostPids: func(pids int64) int64 { return 4*pids + 512 },
 		flags: func(rwDir string, l sandbox.Limits) []string {
 			return []string{
 				// systrap works without /dev/kvm and on nested virtualization.
@@ -70,6 +77,9 @@ var flavors = map[string]flavor{
 				"--host-uds=create",
 				// Loopback only; egress comes from a later network layer.
 				"--network=none",
+				// A fresh empty network namespace per gofer, instead of one shared namespace
+				// kept mounted in the runtime root for ever.
+				"--gofer-network-namespace=new",
 				// The upper layer of the root overlay is a file in the sandbox's
 				// size-limited tmpfs, so the writable layer counts against DiskBytes.
 				"--overlay2=root:dir=" + rwDir + ",size=" + strconv.FormatInt(l.DiskBytes, 10),
@@ -92,6 +102,9 @@ type Config struct {
 	StateDir string
 	// AgentBinary is the host path of the static sessiond-agent executable.
 	AgentBinary string
+	// CgroupParent is the cgroup (in every hierarchy) under which sandboxes get theirs;
+	// default DefaultCgroupParent.
+	CgroupParent string
 	// UIDBase is the first host uid handed to runc user namespaces (default 1<<20); each
 	// sandbox gets its own range of 65536 ids above it.
 	UIDBase uint32
@@ -135,6 +148,12 @@ func New(cfg Config) (*Runtime, error) {
 	}
 	if cfg.AgentBinary == "" {
 		return nil, errkind.New(errkind.Invalid, "%s: no agent binary configured", cfg.Name)
+	}
+	if cfg.CgroupParent == "" {
+		cfg.CgroupParent = DefaultCgroupParent
+	}
+	if !idPattern.MatchString(cfg.CgroupParent) {
+		return nil, errkind.New(errkind.Invalid, "%s: cgroup parent %q: want a-z, 0-9 and '-'", cfg.Name, cfg.CgroupParent)
 	}
 	if cfg.UIDBase == 0 {
 		cfg.UIDBase = 1 << 20
@@ -351,13 +370,35 @@ func (r *Runtime) prepare(dir string, spec sandbox.Spec, rec record) error {
 		if err := mountOverlay(spec.RootFS, filepath.Join(rw, "upper"), filepath.Join(rw, "work"), rootPath); err != nil {
 			return err
 		}
+		// Root inside a user namespace does not own the image's directories, so the
+		// runtime could not create mount points in them: make them here, as host root.
+		// They land in the sandbox's own upper layer.
+		if err := makeMountPoints(rootPath); err != nil {
+			return err
+		}
 	}
 	s := buildSpec(bundleParams{
 		id: rec.ID, spec: spec, limits: rec.Limits, rootPath: rootPath, rootRO: rootRO,
 		rwDir: rw, sockDir: sock, agentBin: r.cfg.AgentBinary,
-		userNS: r.fl.userNS, uidBase: rec.UIDBase, seccomp: r.fl.seccomp, cgroup: cgroupPath(rec.ID),
+		userNS: r.fl.userNS, uidBase: rec.UIDBase, seccomp: r.fl.seccomp, hostPids: r.fl.hostPids(rec.Limits.Pids), cgroup: "/" + r.cfg.CgroupParent + "/" + rec.ID,
 	})
 	return writeBundle(dir, s)
+}
+
+// makeMountPoints creates the mount points of sessiond's own mounts below rootfs.
+func makeMountPoints(rootfs string) error {
+	for _, d := range []string{agentapi.DataDir, "/tmp", homeDir, agentapi.SocketDir, filepath.Dir(agentapi.AgentPath)} {
+		p := filepath.Join(rootfs, d)
+		if err := os.MkdirAll(p, 0o755); err != nil {
+			return fmt.Errorf("creating mount point %s: %w", d, err)
+		}
+	}
+	p := filepath.Join(rootfs, agentapi.AgentPath)
+	f, err := os.OpenFile(p, os.O_CREATE|os.O_RDONLY, 0o755)
+	if err != nil {
+		return fmt.Errorf("creating mount point %s: %w", agentapi.AgentPath, err)
+	}
+	return f.Close()
 }
 
 // waitHealthy polls the agent until it answers or ctx ends.
@@ -500,7 +541,7 @@ func (r *Runtime) Destroy(ctx context.Context, id string) error {
 	// Safety nets behind the runtime's own delete: processes in the sandbox's cgroups, and
 	// runtime helpers (gVisor's sentry and gofer) whose command line names the bundle.
 	killBundleProcesses(dir)
-	if err := removeCgroups(id, time.Now().Add(10*time.Second)); err != nil {
+	if err := removeCgroups(r.cfg.CgroupParent, id, time.Now().Add(10*time.Second)); err != nil {
 		errs = append(errs, err)
 	}
 	if err := unmount(filepath.Join(dir, "rootfs")); err != nil {
@@ -566,13 +607,13 @@ func (r *Runtime) Stats(ctx context.Context, id string) (sandbox.Stats, error) {
 		return sandbox.Stats{}, errkind.New(errkind.NotFound, "no sandbox %q", id)
 	}
 	pids := map[int]bool{}
-	for _, p := range cgroupPids(id) {
+	for _, p := range cgroupPids(r.cfg.CgroupParent, id) {
 		pids[p] = true
 	}
 	for _, p := range bundleProcesses(r.dir(id)) {
 		pids[p] = true
 	}
-	st := sandbox.Stats{MemoryBytes: cgroupMemory(id), CPUTime: cgroupCPU(id), Processes: len(pids)}
+	st := sandbox.Stats{MemoryBytes: cgroupMemory(r.cfg.CgroupParent, id), CPUTime: cgroupCPU(r.cfg.CgroupParent, id), Processes: len(pids)}
 	for p := range pids {
 		st.PSSBytes += pss(p)
 	}

@@ -1,0 +1,97 @@
+package oci
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/sessiond/sessiond/internal/sandbox"
+	"github.com/sessiond/sessiond/internal/sandbox/sandboxtest"
+)
+
+// agentBin is the sessiond-agent built for this test binary (empty if the build failed).
+var agentBin string
+
+func TestMain(m *testing.M) {
+	if os.Getenv(helperEnv) != "" {
+		os.Exit(runHelper())
+	}
+	dir, err := os.MkdirTemp("", "sessiond-agent-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	agentBin, err = sandboxtest.BuildAgent(dir)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.RemoveAll(dir)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// newStateDir returns a short state directory, traversable by user-namespaced sandboxes,
+// removed when the test ends.
+func newStateDir(t *testing.T) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("/tmp", "sdt-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(dir, 0o711); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	return dir
+}
+
+// requireRuntime skips (or fails under SESSIOND_TEST_REQUIRE=1) when name cannot run here.
+func requireRuntime(t *testing.T, name, stateDir string) *Runtime {
+	t.Helper()
+	rt, err := New(testConfig(name, stateDir))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c := rt.Capabilities(); !c.Available {
+		sandboxtest.SkipOrFail(t, "%s unavailable: %s", name, c.Reason)
+	}
+	return rt
+}
+
+func TestConformance(t *testing.T) {
+	img := sandboxtest.TestImage(t)
+	for _, name := range Names() {
+		t.Run(name, func(t *testing.T) {
+			state := filepath.Join(newStateDir(t), name)
+			requireRuntime(t, name, state)
+			sandboxtest.Run(t, sandboxtest.Config{
+				New: func(t *testing.T) sandbox.Runtime {
+					rt, err := New(testConfig(name, state))
+					if err != nil {
+						t.Fatal(err)
+					}
+					return rt
+				},
+				RootFS:      img.RootFS,
+				Image:       img.Name,
+				Containment: true,
+				HostPaths:   []string{state, sandboxtest.DataDir()},
+			})
+			assertNoLeftovers(t, state)
+		})
+	}
+}
+
+// testConfig configures a runtime whose sandboxes live in their own cgroup parent, named
+// after the state directory, so that leftover checks see only this test's cgroups.
+func testConfig(name, state string) Config {
+	return Config{Name: name, StateDir: state, AgentBinary: agentBin, CgroupParent: testCgroupParent(state)}
+}
+
+func testCgroupParent(state string) string {
+	return "sessiond-test-" + strings.TrimPrefix(filepath.Base(filepath.Dir(state)), "sdt-")
+}
