@@ -1,0 +1,46 @@
+// Command sessiond-agent is the init process of every sessiond sandbox. It runs as PID 1,
+// as root inside the sandbox, and serves the agent API (internal/agentapi) to the host on
+// a unix socket. This file only turns flags into an agent.Config; everything else is in
+// internal/agent.
+//
+//	sessiond-agent [-socket PATH] [-data-dir DIR] [-uid N] [-gid N] [-home DIR] [-workdir DIR] [-- COMMAND [ARG...]]
+//
+// COMMAND, if given, is the sandbox's main process, run as the unprivileged user.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+
+	"github.com/sessiond/sessiond/internal/agent"
+	"github.com/sessiond/sessiond/internal/agentapi"
+)
+
+func main() {
+	if err := run(os.Args[1:]); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			os.Exit(2)
+		}
+		fmt.Fprintf(os.Stderr, "sessiond-agent: %v\n", err)
+		os.Exit(1)
+	}
+}
+
+func run(args []string) error {
+	fs := flag.NewFlagSet("sessiond-agent", flag.ContinueOnError)
+	var cfg agent.Config
+	fs.StringVar(&cfg.Socket, "socket", agentapi.SocketDir+"/"+agentapi.SocketName, "unix socket to serve the agent API on")
+	fs.StringVar(&cfg.DataDir, "data-dir", agentapi.DataDir, "directory served by the files API, and default working directory")
+	fs.IntVar(&cfg.UID, "uid", agentapi.UserUID, "uid that user code runs as (never 0: 0 means the default)")
+	fs.IntVar(&cfg.GID, "gid", agentapi.UserGID, "gid that user code runs as (never 0: 0 means the default)")
+	fs.StringVar(&cfg.Home, "home", "/home/user", "HOME of user code")
+	fs.StringVar(&cfg.WorkDir, "workdir", "", "working directory of the main command (default: the data dir)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	cfg.Command = fs.Args()
+	return agent.New(cfg).Serve(context.Background())
+}
