@@ -70,6 +70,9 @@ type Spec struct {
 	Command []string
 	// WorkingDir of Command; default agentapi.DataDir.
 	WorkingDir string
+	// Kernel, if set, makes the agent start and supervise a Jupyter kernel of that name
+	// ("python3") for code-interpreter sessions.
+	Kernel string
 	// Limits bound the sandbox's resources; zero fields take the defaults in DefaultLimits.
 	Limits Limits
 	// Labels are stored with the sandbox and returned by List (pool name, session, ...).

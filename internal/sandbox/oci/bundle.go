@@ -62,6 +62,9 @@ func buildSpec(p bundleParams) *specs.Spec {
 		"-data-dir", agentapi.DataDir,
 		"-uid", strconv.Itoa(agentapi.UserUID), "-gid", strconv.Itoa(agentapi.UserGID),
 		"-home", homeDir}
+	if p.spec.Kernel != "" {
+		args = append(args, "-kernel", p.spec.Kernel)
+	}
 	if p.spec.WorkingDir != "" {
 		args = append(args, "-workdir", p.spec.WorkingDir)
 	}

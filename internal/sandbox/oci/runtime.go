@@ -199,7 +199,10 @@ func (r *Runtime) Capabilities() sandbox.Capabilities {
 	return c
 }
 
-var idPattern = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,39}$`)
+var (
+	idPattern     = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,39}$`)
+	kernelPattern = regexp.MustCompile(`^[A-Za-z0-9._-]{1,64}$`)
+)
 
 // newID returns a fresh sandbox ID.
 func newID() string {
@@ -242,6 +245,9 @@ func validateSpec(s sandbox.Spec) error {
 		return errkind.New(errkind.Invalid, "disk limit %d: want at least 1 MiB", l.DiskBytes)
 	case l.OpenFiles > 0 && l.OpenFiles < 64:
 		return errkind.New(errkind.Invalid, "open files limit %d: want at least 64", l.OpenFiles)
+	}
+	if s.Kernel != "" && !kernelPattern.MatchString(s.Kernel) {
+		return errkind.New(errkind.Invalid, "kernel name %q: want letters, digits, '.', '_' and '-'", s.Kernel)
 	}
 	for _, e := range s.Env {
 		if !strings.Contains(e, "=") || strings.ContainsRune(e, 0) {

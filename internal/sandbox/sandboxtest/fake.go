@@ -116,6 +116,9 @@ func (f *Fake) Create(ctx context.Context, spec sandbox.Spec) (sandbox.Info, err
 	}
 	args := append([]string{"-socket", filepath.Join(dir, "sock", agentapi.SocketName),
 		"-data-dir", filepath.Join(dir, "data"), "-home", filepath.Join(dir, "home")}, f.AgentArgs...)
+	if spec.Kernel != "" {
+		args = append(args, "-kernel", spec.Kernel)
+	}
 	if len(spec.Command) > 0 {
 		args = append(append(args, "--"), spec.Command...)
 	}
