@@ -101,6 +101,13 @@ type SessionInfo struct {
 // PoolExecutingPodCount).
 type Counts struct {
 	Ready, Pending, Allocated int
+	// Deleting counts sandboxes taken out of service whose destroy has not finished.
+	Deleting int
+	// Waiting counts identifiers waiting for a cold start.
+	Waiting int
+	// CreateFailures counts consecutive failed creates (0 after a success); while it is
+	// above 0, creates back off exponentially. Manager.LastError returns the last one.
+	CreateFailures int
 }
 
 // Lease is a session in use by one request. While any lease of a session is held the
