@@ -3,9 +3,11 @@
 // a unix socket. This file only turns flags into an agent.Config; everything else is in
 // internal/agent.
 //
-//	sessiond-agent [-socket PATH] [-data-dir DIR] [-uid N] [-gid N] [-home DIR] [-workdir DIR] [-- COMMAND [ARG...]]
+//	sessiond-agent [-socket PATH] [-data-dir DIR] [-uid N] [-gid N] [-home DIR] [-workdir DIR] [-kernel python3] [-- COMMAND [ARG...]]
 //
 // COMMAND, if given, is the sandbox's main process, run as the unprivileged user.
+// -kernel python3 makes it a code-interpreter sandbox: the agent supervises an ipykernel
+// and serves executions on it.
 package main
 
 import (
@@ -38,6 +40,7 @@ func run(args []string) error {
 	fs.IntVar(&cfg.GID, "gid", agentapi.UserGID, "gid that user code runs as (never 0: 0 means the default)")
 	fs.StringVar(&cfg.Home, "home", "/home/user", "HOME of user code")
 	fs.StringVar(&cfg.WorkDir, "workdir", "", "working directory of the main command (default: the data dir)")
+	fs.StringVar(&cfg.Kernel, "kernel", "", "Jupyter kernel to supervise (python3), for code-interpreter sandboxes")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}

@@ -10,7 +10,7 @@
 // behaviour) is hostile and bounded; the host is its only client and is trusted.
 //
 // Only cmd/sessiond-agent imports it. It imports the standard library, golang.org/x/sys/unix,
-// agentapi and errkind, nothing else, so the agent builds as a small static binary. It is
+// agentapi, errkind and jupyter (with its pure-Go ZeroMQ), nothing else, so the agent builds as a small static binary. It is
 // Linux only.
 package agent
 
@@ -54,6 +54,14 @@ type Config struct {
 	Command []string
 	// WorkDir is the working directory of Command; default DataDir.
 	WorkDir string
+	// Kernel, if not empty, makes this a code-interpreter sandbox: the agent starts the
+	// named Jupyter kernel as the user, in DataDir, keeps it running (a kernel that dies
+	// is replaced) and serves executions on it (agentapi.PathKernel...). The only kernel
+	// is KernelPython3 (ipykernel, run by the python3 in the user's PATH).
+	Kernel string
+	// KernelDir holds the kernel's connection file (with its signing key): created 0700
+	// and owned by the user; default /run/sessiond-kernel.
+	KernelDir string
 	// StopGrace is how long the main process and in-flight requests get to finish when
 	// Serve stops, before they are killed; default 5s.
 	StopGrace time.Duration
@@ -82,6 +90,10 @@ type Agent struct {
 	maxList   int
 	reaper    *reaper
 	reqs      requests
+	// kernelArgv, if set (by tests), replaces the kernel command; kernelMaxDisplay, if
+	// not 0, replaces agentapi.MaxDisplayBytes.
+	kernelArgv       func(connFile string) []string
+	kernelMaxDisplay int
 
 	// Set by Serve before it accepts connections, read-only afterwards.
 	started     time.Time
@@ -89,6 +101,7 @@ type Agent struct {
 	env         [2][]string         // base environment of commands: [asUser], [asRoot]
 	cred        *syscall.Credential // the user's identity; nil unless switchUser
 	main        *mainProc           // nil without a main command
+	kernel      *kernelSup          // nil without a kernel
 }
 
 // Indexes of Agent.env.
@@ -121,6 +134,9 @@ func New(cfg Config) *Agent {
 	if cfg.StopGrace == 0 {
 		cfg.StopGrace = defaultStopGrace
 	}
+	if cfg.KernelDir == "" {
+		cfg.KernelDir = defaultKernelDir
+	}
 	log := cfg.Log
 	if log == nil {
 		log = slog.New(slog.NewTextHandler(os.Stderr, nil))
@@ -137,7 +153,7 @@ func New(cfg Config) *Agent {
 
 func (a *Agent) validate() error {
 	c := a.cfg
-	for _, d := range []struct{ name, path string }{{"data dir", c.DataDir}, {"work dir", c.WorkDir}, {"home", c.Home}} {
+	for _, d := range []struct{ name, path string }{{"data dir", c.DataDir}, {"work dir", c.WorkDir}, {"home", c.Home}, {"kernel dir", c.KernelDir}} {
 		if !filepath.IsAbs(d.path) || filepath.Clean(d.path) != d.path {
 			return fmt.Errorf("invalid config: %s %q is not a clean absolute path", d.name, d.path)
 		}
@@ -153,6 +169,9 @@ func (a *Agent) validate() error {
 	}
 	if len(c.Command) > 0 && c.Command[0] == "" {
 		return errors.New("invalid config: empty main command")
+	}
+	if c.Kernel != "" && c.Kernel != KernelPython3 {
+		return fmt.Errorf("invalid config: unknown kernel %q (the only kernel is %q)", c.Kernel, KernelPython3)
 	}
 	return nil
 }
@@ -208,6 +227,15 @@ func (a *Agent) Serve(ctx context.Context) error {
 	if len(a.cfg.Command) > 0 {
 		a.main = a.startMain()
 		defer a.main.close()
+	}
+	if a.cfg.Kernel != "" {
+		logs := newRing(agentapi.LogBufferSize)
+		if a.main != nil {
+			logs = a.main.logs // one console for both
+		}
+		a.kernel = a.newKernelSup(logs)
+		a.kernel.start()
+		defer a.kernel.close()
 	}
 
 	// hardCtx is the base of every request's context; cancelling it makes in-flight
@@ -339,7 +367,18 @@ func (a *Agent) routes() http.Handler {
 	mux.Handle("GET "+agentapi.PathFilesContent, a.handle(a.handleDownload))
 	mux.Handle("PUT "+agentapi.PathFilesContent, a.handle(a.handleUpload))
 	mux.Handle("POST "+agentapi.PathFilesMkdir, a.handle(a.handleMkdir))
-	mux.Handle("GET "+agentapi.PathLogs, a.handle(a.handleLogs))
+	if a.kernel != nil {
+		mux.Handle("GET "+agentapi.PathKernel, a.handle(a.handleKernelInfo))
+		mux.Handle("POST "+agentapi.PathKernelExecutions, a.handle(a.handleExecute))
+		mux.Handle("GET "+agentapi.PathKernelExecutionPrefix+"{id}", a.handle(a.handleGetExecution))
+		mux.Handle("POST "+agentapi.PathKernelInterrupt, a.handle(a.handleInterrupt))
+		mux.Handle("POST "+agentapi.PathKernelRestart, a.handle(a.handleRestart))
+	}
+	if a.kernel != nil && a.main == nil {
+		mux.Handle("GET "+agentapi.PathLogs, a.handle(a.handleKernelLogs))
+	} else {
+		mux.Handle("GET "+agentapi.PathLogs, a.handle(a.handleLogs))
+	}
 	mux.Handle("/", a.handle(func(w http.ResponseWriter, r *http.Request) error {
 		return errkind.New(errkind.NotFound, "no such endpoint: %s %s", r.Method, r.URL.Path)
 	}))

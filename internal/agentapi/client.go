@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/url"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/sessiond/sessiond/internal/errkind"
@@ -180,6 +181,57 @@ func (c *Client) Logs(ctx context.Context, tail int) ([]byte, error) {
 		return nil, fmt.Errorf("agent logs: %w", err)
 	}
 	return b, nil
+}
+
+// Execute runs code on the sandbox's kernel. Unless req.Async, it waits for the
+// execution to end (cancelling ctx interrupts it); a finished execution is returned
+// with a nil error whatever its Status. Async requests return at once with StatusRunning.
+func (c *Client) Execute(ctx context.Context, req ExecuteRequest) (Execution, error) {
+	var ex Execution
+	if err := c.doJSON(ctx, http.MethodPost, PathKernelExecutions, nil, req, &ex, MaxExecutionResponse); err != nil {
+		return Execution{}, fmt.Errorf("agent execute: %w", err)
+	}
+	return ex, nil
+}
+
+// GetExecution returns the state of an execution: StatusRunning until it ends, then
+// its result. The agent keeps the last MaxKeptExecutions.
+func (c *Client) GetExecution(ctx context.Context, id string) (Execution, error) {
+	if id == "" || len(id) > 128 || strings.ContainsAny(id, "/?#%") {
+		return Execution{}, errkind.New(errkind.Invalid, "agent get execution: invalid id %q", id)
+	}
+	var ex Execution
+	if err := c.doJSON(ctx, http.MethodGet, PathKernelExecutionPrefix+url.PathEscape(id), nil, nil, &ex, MaxExecutionResponse); err != nil {
+		return Execution{}, fmt.Errorf("agent get execution: %w", err)
+	}
+	return ex, nil
+}
+
+// KernelInfo describes the sandbox's kernel.
+func (c *Client) KernelInfo(ctx context.Context) (KernelInfo, error) {
+	var ki KernelInfo
+	if err := c.doJSON(ctx, http.MethodGet, PathKernel, nil, nil, &ki, MaxSmallResponse); err != nil {
+		return KernelInfo{}, fmt.Errorf("agent kernel info: %w", err)
+	}
+	return ki, nil
+}
+
+// Interrupt interrupts the running execution, if any.
+func (c *Client) Interrupt(ctx context.Context) error {
+	if err := c.doJSON(ctx, http.MethodPost, PathKernelInterrupt, nil, nil, nil, MaxSmallResponse); err != nil {
+		return fmt.Errorf("agent interrupt: %w", err)
+	}
+	return nil
+}
+
+// RestartKernel replaces the kernel with a fresh one (a running execution fails) and
+// returns once the new kernel is ready.
+func (c *Client) RestartKernel(ctx context.Context) (KernelInfo, error) {
+	var ki KernelInfo
+	if err := c.doJSON(ctx, http.MethodPost, PathKernelRestart, nil, nil, &ki, MaxSmallResponse); err != nil {
+		return KernelInfo{}, fmt.Errorf("agent restart kernel: %w", err)
+	}
+	return ki, nil
 }
 
 func (c *Client) doJSON(ctx context.Context, method, path string, q url.Values, in, out any, limit int64) error {

@@ -32,6 +32,10 @@ const (
 	MaxStreamLimit     = 16 << 20
 	// MaxDisplayBytes caps all rich outputs (images, HTML, ...) of one execution together.
 	MaxDisplayBytes = 32 << 20
+	// MaxExecutionResponse caps what the Client reads of an execution: both streams at
+	// the largest cap and the rich outputs and result, JSON-escaped (at most 6 bytes per
+	// byte), plus slack.
+	MaxExecutionResponse = 2*6*MaxStreamLimit + 2*6*MaxDisplayBytes + 1<<20
 )
 
 // Messages of failed executions, as Azure words them.
@@ -85,6 +89,9 @@ type Execution struct {
 	// Outputs are every rich output (display_data and execute_result) as MIME bundles, in
 	// order, for clients that want more than Result.
 	Outputs []Output `json:"outputs,omitempty"`
+	// OutputsTruncated is set when rich outputs were dropped: above MaxDisplayBytes in
+	// all, or one output too large to receive.
+	OutputsTruncated bool `json:"outputsTruncated,omitempty"`
 	// Error describes the exception of a failed execution.
 	Error *ExecutionError `json:"error,omitempty"`
 	// KernelRestarted is true when the kernel was replaced during or just before this

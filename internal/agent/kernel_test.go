@@ -1,0 +1,434 @@
+package agent
+
+import (
+	"bytes"
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"image/png"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/sessiond/sessiond/internal/agentapi"
+	"github.com/sessiond/sessiond/internal/errkind"
+)
+
+// kernelPython returns a python3 that can import ipykernel (and the packages want
+// lists), or skips the test; with SESSIOND_TEST_REQUIRE=1 it fails it instead. The
+// Debian packages are python3-ipykernel, python3-matplotlib and python3-numpy.
+func kernelPython(t testing.TB, want ...string) string {
+	t.Helper()
+	pythonOnce.Do(func() {
+		for _, p := range []string{"/usr/bin/python3", "python3"} {
+			if path, err := exec.LookPath(p); err == nil && exec.Command(path, "-c", "import ipykernel").Run() == nil {
+				pythonPath = path
+				return
+			}
+		}
+	})
+	missing := ""
+	if pythonPath == "" {
+		missing = "ipykernel"
+	} else {
+		for _, m := range want {
+			if exec.Command(pythonPath, "-c", "import "+m).Run() != nil {
+				missing = m
+			}
+		}
+	}
+	if missing != "" {
+		msg := "python3 cannot import " + missing + " (Debian: apt-get install python3-ipykernel python3-matplotlib python3-numpy)"
+		if os.Getenv("SESSIOND_TEST_REQUIRE") == "1" {
+			t.Fatal(msg)
+		}
+		t.Skip(msg)
+	}
+	return pythonPath
+}
+
+var (
+	pythonOnce sync.Once
+	pythonPath string
+)
+
+// TestKernel runs the tests against a real ipykernel, in parallel with one another but
+// not with the package's other tests: kernels are CPU-hungry, and exec tests that drain
+// output within 100ms of a command's exit are sensitive to a loaded machine.
+func TestKernel(t *testing.T) {
+	for name, f := range map[string]func(*testing.T){
+		"results":         testKernelResults,
+		"timeout":         testKernelTimeout,
+		"killed":          testKernelKilled,
+		"isolated":        testKernelsIsolated,
+		"async and queue": testKernelAsyncAndQueue,
+		"client gone":     testKernelClientGone,
+	} {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			f(t)
+		})
+	}
+}
+
+// startKernelAgent serves an agent with a real ipykernel and waits until it is ready.
+func startKernelAgent(t testing.TB, want ...string) *testAgent {
+	t.Helper()
+	py := kernelPython(t, want...)
+	a, base := newAgent(t, func(c *Config) {
+		c.Kernel = KernelPython3
+		c.KernelDir = filepath.Join(os.TempDir(), "sessiond-kernel-test") // shared, 0700
+		c.Home = filepath.Join(os.TempDir(), "sessiond-kernel-home")
+	})
+	if err := os.MkdirAll(a.cfg.Home, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if isRoot() {
+		os.Chown(a.cfg.Home, agentapi.UserUID, agentapi.UserGID)
+	}
+	a.kernelArgv = func(connFile string) []string {
+		return []string{py, "-m", "ipykernel_launcher", "-f", connFile}
+	}
+	ta := serve(t, a, base)
+	waitKernel(t, ta, func(ki agentapi.KernelInfo) bool { return ki.State == "idle" })
+	return ta
+}
+
+// waitKernel polls the kernel info until ok accepts it.
+func waitKernel(t testing.TB, ta *testAgent, ok func(agentapi.KernelInfo) bool) agentapi.KernelInfo {
+	t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		ki, err := ta.client.KernelInfo(ctxFor(t, 5*time.Second))
+		if err == nil && ok(ki) {
+			return ki
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("kernel info %+v (%v) never as expected", ki, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func run(t testing.TB, ta *testAgent, req agentapi.ExecuteRequest) agentapi.Execution {
+	t.Helper()
+	ex, err := ta.client.Execute(ctxFor(t, 60*time.Second), req)
+	if err != nil {
+		t.Fatalf("Execute(%q): %v", req.Code, err)
+	}
+	return ex
+}
+
+func kernelPid(ta *testAgent) int {
+	ta.kernel.mu.Lock()
+	defer ta.kernel.mu.Unlock()
+	return ta.kernel.pid
+}
+
+func testKernelResults(t *testing.T) {
+	ta := startKernelAgent(t, "numpy", "matplotlib")
+	ki := waitKernel(t, ta, func(agentapi.KernelInfo) bool { return true })
+	if ki.Name != "ipykernel" || ki.Version == "" || ki.Language != "python" || !strings.HasPrefix(ki.LanguageVersion, "3.") || ki.Restarts != 0 {
+		t.Errorf("kernel info = %+v", ki)
+	}
+	for _, tc := range []struct {
+		code    string
+		jupyter bool
+		want    string // the Result as JSON
+		stdout  string
+	}{
+		{code: "1+1", want: `2`},
+		{code: "x = 40", want: `""`},
+		{code: "x + 2", want: `42`},
+		{code: "print('hello')", want: `""`, stdout: "hello\n"},
+		{code: "'a'", want: `"a"`},
+		{code: "'it\\'s \"q\"\\n'", want: `"it's \"q\"\n"`},
+		{code: "'nan'", want: `"nan"`},
+		{code: "None", want: `""`},
+		{code: "True", want: `true`},
+		{code: "2.5", want: `2.5`},
+		{code: "2.0", want: `2.0`},
+		{code: "float('nan')", want: `null`},
+		{code: "float('inf')", want: `"inf"`},
+		{code: "-float('inf')", want: `"-inf"`},
+		{code: "10**30", want: `1000000000000000000000000000000`},
+		{code: "import numpy as np; np.int64(7)", want: `7`},
+		{code: "np.float64('nan')", want: `null`},
+		{code: "np.bool_(False)", want: `false`},
+		{code: "np.float32(0.5)", want: `0.5`},
+		{code: "{'a': 1, 'b': [1, 2]}", want: `"{'a': 1, 'b': [1, 2]}"`},
+		{code: "'é' * 3", want: `"ééé"`},
+		{code: "3; pass", want: `""`},
+		{code: "Out = None; 5", want: `5`},
+		{code: "float('nan')", jupyter: true, want: `"nan"`},
+		{code: "'nan'", jupyter: true, want: `"'nan'"`},
+		{code: "None", jupyter: true, want: `null`},
+		{code: "1+1", jupyter: true, want: `"2"`},
+	} {
+		ex := run(t, ta, agentapi.ExecuteRequest{Code: tc.code, JupyterFormat: tc.jupyter})
+		if ex.Status != agentapi.StatusSucceeded || string(ex.Result) != tc.want || ex.Stdout != tc.stdout {
+			t.Errorf("%q (jupyter %v): status %s, result %s, stdout %q, stderr %q; want result %s, stdout %q",
+				tc.code, tc.jupyter, ex.Status, ex.Result, ex.Stdout, ex.Stderr, tc.want, tc.stdout)
+		}
+	}
+
+	t.Run("exception", func(t *testing.T) {
+		ex := run(t, ta, agentapi.ExecuteRequest{Code: "def f():\n    return {}['k']\nf()"})
+		if ex.Status != agentapi.StatusFailed || ex.Error == nil || ex.Error.Name != "KeyError" {
+			t.Fatalf("execution = %+v", ex)
+		}
+		if !strings.Contains(ex.Stderr, "KeyError: 'k'") || strings.Contains(ex.Stderr, "\x1b") {
+			t.Errorf("stderr %q: want the traceback without ANSI codes", ex.Stderr)
+		}
+		for _, l := range ex.Error.Traceback {
+			if strings.Contains(l, "\x1b") {
+				t.Errorf("traceback line %q has ANSI codes", l)
+			}
+		}
+		if ex := run(t, ta, agentapi.ExecuteRequest{Code: "x"}); string(ex.Result) != "40" {
+			t.Errorf("after an exception: result %s, stderr %q", ex.Result, ex.Stderr)
+		}
+	})
+
+	t.Run("matplotlib", func(t *testing.T) {
+		for _, code := range []string{
+			"import matplotlib.pyplot as plt\nplt.plot([1, 3, 2])\nplt.show()",
+			"fig, ax = plt.subplots()\nax.plot([1, 2])\nfig",
+		} {
+			ex := run(t, ta, agentapi.ExecuteRequest{Code: code})
+			var img imageResult
+			if err := json.Unmarshal(ex.Result, &img); err != nil || img.Type != "image" || img.Format != "png" {
+				t.Fatalf("%q: result %.200s (%v), stderr %q", code, ex.Result, err, ex.Stderr)
+			}
+			b, err := base64.StdEncoding.DecodeString(img.Base64Data)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := png.Decode(bytes.NewReader(b)); err != nil {
+				t.Errorf("%q: the image is not a PNG: %v", code, err)
+			}
+			hasPNG := false
+			for _, o := range ex.Outputs {
+				_, ok := o.Data["image/png"]
+				hasPNG = hasPNG || ok
+			}
+			if !hasPNG {
+				t.Errorf("%q: no image/png among the outputs", code)
+			}
+		}
+	})
+
+	t.Run("big output", func(t *testing.T) {
+		for _, code := range []string{
+			"print('x' * 10_000_000)",
+			"for i in range(200_000):\n    print('y' * 49)",
+		} {
+			ex := run(t, ta, agentapi.ExecuteRequest{Code: code, StreamLimit: 1 << 20})
+			if ex.Status != agentapi.StatusSucceeded || len(ex.Stdout) != 1<<20 || !ex.StdoutTruncated {
+				t.Errorf("%q: status %s, %d bytes of stdout, truncated %v", code, ex.Status, len(ex.Stdout), ex.StdoutTruncated)
+			}
+		}
+	})
+}
+
+func testKernelTimeout(t *testing.T) {
+	ta := startKernelAgent(t)
+	run(t, ta, agentapi.ExecuteRequest{Code: "kept = 1"})
+	for _, tc := range []struct {
+		name        string
+		code        string
+		wantRestart bool
+	}{
+		{"interruptible", "while True: pass", false},
+		{"ignores SIGINT", "import signal\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\nwhile True: pass", true},
+	} {
+		start := time.Now()
+		ex := run(t, ta, agentapi.ExecuteRequest{Code: tc.code, TimeoutSeconds: 2})
+		d := time.Since(start)
+		if ex.Status != agentapi.StatusFailed || ex.Stderr != agentapi.TimeoutMessage || ex.KernelRestarted != tc.wantRestart {
+			t.Errorf("%s: execution = %+v", tc.name, ex)
+		}
+		if d < 2*time.Second || d > 2*time.Second+interruptGrace+time.Second {
+			t.Errorf("%s: took %v with a 2s timeout and a %v grace", tc.name, d, interruptGrace)
+		}
+		next := run(t, ta, agentapi.ExecuteRequest{Code: "1+1"})
+		if next.Status != agentapi.StatusSucceeded || string(next.Result) != "2" {
+			t.Errorf("%s: the next execution = %+v", tc.name, next)
+		}
+	}
+}
+
+func testKernelKilled(t *testing.T) {
+	ta := startKernelAgent(t)
+	run(t, ta, agentapi.ExecuteRequest{Code: "x = 1"})
+
+	// Killed while idle: the next execution says so.
+	syscall.Kill(kernelPid(ta), syscall.SIGKILL)
+	waitKernel(t, ta, func(ki agentapi.KernelInfo) bool { return ki.Restarts == 1 && ki.State == "idle" })
+	ex := run(t, ta, agentapi.ExecuteRequest{Code: "x"})
+	if !ex.KernelRestarted || !strings.HasPrefix(ex.Stderr, restartNote) || ex.Error == nil || ex.Error.Name != "NameError" {
+		t.Errorf("after a kill: execution = %+v", ex)
+	}
+	if ex := run(t, ta, agentapi.ExecuteRequest{Code: "1+1"}); ex.KernelRestarted || ex.Stderr != "" {
+		t.Errorf("the restart was reported twice: %+v", ex)
+	}
+
+	// Killed mid-execution (as by the OOM killer): Execution aborted, fresh kernel.
+	run(t, ta, agentapi.ExecuteRequest{Code: "y = 2"})
+	done := make(chan agentapi.Execution, 1)
+	go func() {
+		ex, _ := ta.client.Execute(context.Background(), agentapi.ExecuteRequest{Code: "import time\nprint('started', flush=True)\ntime.sleep(60)"})
+		done <- ex
+	}()
+	waitKernel(t, ta, func(ki agentapi.KernelInfo) bool { return ki.State == "busy" })
+	time.Sleep(200 * time.Millisecond)
+	syscall.Kill(kernelPid(ta), syscall.SIGKILL)
+	select {
+	case ex := <-done:
+		if ex.Status != agentapi.StatusFailed || ex.Stderr != agentapi.AbortedMessage || !ex.KernelRestarted {
+			t.Errorf("killed mid-execution: %+v", ex)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the execution did not end after its kernel was killed")
+	}
+	ex = run(t, ta, agentapi.ExecuteRequest{Code: "y"})
+	if ex.KernelRestarted || ex.Error == nil || ex.Error.Name != "NameError" {
+		t.Errorf("after an abort: %+v", ex)
+	}
+	if ki := waitKernel(t, ta, func(agentapi.KernelInfo) bool { return true }); ki.Restarts != 2 {
+		t.Errorf("restarts = %d, want 2", ki.Restarts)
+	}
+}
+
+// testKernelsIsolated runs two agents at once: their kernels share nothing.
+func testKernelsIsolated(t *testing.T) {
+	var tas [2]*testAgent
+	var wg sync.WaitGroup
+	for i := range tas {
+		wg.Go(func() { tas[i] = startKernelAgent(t) })
+	}
+	wg.Wait()
+	if t.Failed() || tas[0] == nil || tas[1] == nil {
+		t.FailNow()
+	}
+	run(t, tas[0], agentapi.ExecuteRequest{Code: "secret = 'a'"})
+	if ex := run(t, tas[1], agentapi.ExecuteRequest{Code: "secret"}); ex.Error == nil || ex.Error.Name != "NameError" {
+		t.Errorf("the second kernel sees the first one's variable: %+v", ex)
+	}
+	if ex := run(t, tas[0], agentapi.ExecuteRequest{Code: "secret"}); string(ex.Result) != `"a"` {
+		t.Errorf("the first kernel lost its variable: %+v", ex)
+	}
+}
+
+func testKernelAsyncAndQueue(t *testing.T) {
+	ta := startKernelAgent(t)
+	ctx := ctxFor(t, 60*time.Second)
+	ex, err := ta.client.Execute(ctx, agentapi.ExecuteRequest{ID: "slow", Code: "import time\ntime.sleep(30)", Async: true})
+	if err != nil || ex.Status != agentapi.StatusRunning || ex.ID != "slow" {
+		t.Fatalf("async Execute = %+v, %v", ex, err)
+	}
+	if _, err := ta.client.Execute(ctx, agentapi.ExecuteRequest{ID: "slow", Code: "1", Async: true}); !errkind.Is(err, errkind.AlreadyExists) {
+		t.Errorf("duplicate ID: err %v, want already_exists", err)
+	}
+	waitKernel(t, ta, func(ki agentapi.KernelInfo) bool { return ki.State == "busy" })
+	for i := range agentapi.MaxExecuteQueue {
+		if _, err := ta.client.Execute(ctx, agentapi.ExecuteRequest{ID: "q" + string(rune('a'+i)), Code: "21*2", Async: true}); err != nil {
+			t.Fatalf("queueing execution %d: %v", i, err)
+		}
+	}
+	if _, err := ta.client.Execute(ctx, agentapi.ExecuteRequest{Code: "1", Async: true}); !errkind.Is(err, errkind.LimitExceeded) {
+		t.Errorf("beyond the queue: err %v, want limit_exceeded", err)
+	}
+	if got, err := ta.client.GetExecution(ctx, "qa"); err != nil || got.Status != agentapi.StatusRunning {
+		t.Errorf("queued execution: %+v, %v", got, err)
+	}
+	if err := ta.client.Interrupt(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range []string{"slow", "qp"} {
+		var got agentapi.Execution
+		for {
+			got, err = ta.client.GetExecution(ctx, id)
+			if err != nil || got.Status != agentapi.StatusRunning {
+				break
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		switch {
+		case err != nil:
+			t.Errorf("GetExecution(%s): %v", id, err)
+		case id == "slow" && (got.Status != agentapi.StatusCanceled || got.Error == nil || got.Error.Name != "KeyboardInterrupt"):
+			t.Errorf("interrupted execution = %+v", got)
+		case id == "qp" && (got.Status != agentapi.StatusSucceeded || string(got.Result) != "42"):
+			t.Errorf("last queued execution = %+v", got)
+		}
+	}
+	if _, err := ta.client.GetExecution(ctx, "nope"); !errkind.Is(err, errkind.NotFound) {
+		t.Errorf("unknown execution: err %v, want not_found", err)
+	}
+}
+
+// testKernelClientGone checks that a synchronous execution whose client disconnects is
+// interrupted.
+func testKernelClientGone(t *testing.T) {
+	ta := startKernelAgent(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	if _, err := ta.client.Execute(ctx, agentapi.ExecuteRequest{ID: "gone", Code: "while True: pass"}); err == nil {
+		t.Fatal("Execute outlived its context")
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		got, err := ta.client.GetExecution(ctxFor(t, 5*time.Second), "gone")
+		if err == nil && got.Status == agentapi.StatusCanceled {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("execution %+v (%v) not canceled", got, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if ex := run(t, ta, agentapi.ExecuteRequest{Code: "1+1", EmptyKernel: true}); string(ex.Result) != "2" || !ex.KernelRestarted {
+		t.Errorf("empty kernel execution = %+v", ex)
+	}
+	ki, err := ta.client.RestartKernel(ctxFor(t, 60*time.Second))
+	if err != nil || ki.State != "idle" || ki.Restarts != 2 {
+		t.Errorf("RestartKernel = %+v, %v", ki, err)
+	}
+}
+
+// TestKernelStartFailure checks that executions fail quickly, as unavailable, when the
+// kernel cannot start (here: it exits at once), and that the agent stays healthy.
+func TestKernelStartFailure(t *testing.T) {
+	t.Parallel()
+	a, base := newAgent(t, func(c *Config) {
+		c.Kernel = KernelPython3
+		c.KernelDir = filepath.Join(os.TempDir(), "sessiond-kernel-test")
+	})
+	a.kernelArgv = func(string) []string { return []string{"/bin/sh", "-c", "echo no kernel here >&2; exit 3"} }
+	ta := serve(t, a, base)
+	start := time.Now()
+	_, err := ta.client.Execute(ctxFor(t, 30*time.Second), agentapi.ExecuteRequest{Code: "1+1"})
+	if !errkind.Is(err, errkind.Unavailable) || !strings.Contains(err.Error(), "no kernel here") {
+		t.Errorf("Execute: err %v, want unavailable with the kernel's output", err)
+	}
+	if d := time.Since(start); d > 10*time.Second {
+		t.Errorf("Execute took %v to fail", d)
+	}
+	ki, err := ta.client.KernelInfo(ctxFor(t, 5*time.Second))
+	if err != nil || (ki.State != "dead" && ki.State != "starting") {
+		t.Errorf("KernelInfo = %+v, %v; want state dead (or starting, when it tries again)", ki, err)
+	}
+	logs, err := ta.client.Logs(ctxFor(t, 5*time.Second), 0)
+	if err != nil || !strings.Contains(string(logs), "no kernel here") {
+		t.Errorf("Logs = %q, %v; want the kernel's output", logs, err)
+	}
+	if _, err := ta.client.Health(ctxFor(t, 5*time.Second)); err != nil {
+		t.Errorf("Health: %v", err)
+	}
+}
