@@ -32,6 +32,7 @@ type command struct {
 
 // commands is the subcommand table.
 var commands = map[string]command{
+	"serve":   {"serve pools over the Azure-compatible API", cmdServe},
 	"image":   {"manage images: build, import, ls, rm", cmdImage},
 	"sandbox": {"debug sandboxes: run, ls, rm", cmdSandbox},
 	"bench":   {"measure sandbox latency and memory", cmdBench},

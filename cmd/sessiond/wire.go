@@ -1,11 +1,19 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
+	"time"
+
+	"github.com/sessiond/sessiond/internal/agentapi"
+	"github.com/sessiond/sessiond/internal/api"
+	"github.com/sessiond/sessiond/internal/errkind"
+	"github.com/sessiond/sessiond/internal/pool"
 
 	"github.com/sessiond/sessiond/internal/image"
 	"github.com/sessiond/sessiond/internal/sandbox"
@@ -101,4 +109,147 @@ func runtimeNames() []string {
 // openImages opens the image store in the data directory.
 func openImages(g *globals) (*image.Store, error) {
 	return image.Open(filepath.Join(g.DataDir, "images"))
+}
+
+// controlPlane is the set of pools `sessiond serve` runs; it implements api.Pools.
+type controlPlane struct {
+	order []string
+	pools map[string]*poolHandle
+}
+
+// poolHandle is one pool: its manager plus what the API's metadata needs.
+type poolHandle struct {
+	*pool.Manager
+	runtime string
+	image   image.Image
+	created time.Time
+
+	mu sync.Mutex
+	// kernel is the kernel of the first warmed-up sandbox. Guarded by mu.
+	kernel *agentapi.KernelInfo
+}
+
+var _ api.Pool = (*poolHandle)(nil)
+
+// newControlPlane builds and starts a manager per pool spec. On error, whatever started is
+// closed again.
+func newControlPlane(ctx context.Context, g *globals, specs []pool.Spec) (cp *controlPlane, err error) {
+	store, err := openImages(g)
+	if err != nil {
+		return nil, err
+	}
+	cp = &controlPlane{pools: map[string]*poolHandle{}}
+	defer func() {
+		if err != nil {
+			cp.Close(context.WithoutCancel(ctx))
+		}
+	}()
+	for _, spec := range specs {
+		rt, err := openRuntime(g, spec.Runtime)
+		if err != nil {
+			return nil, fmt.Errorf("pool %s: %w", spec.Name, err)
+		}
+		img, err := store.Get(ctx, spec.Image)
+		if err != nil {
+			if errkind.Is(err, errkind.NotFound) {
+				return nil, fmt.Errorf("pool %s: image %q not found (build it with: sessiond image build %s)", spec.Name, spec.Image, spec.Image)
+			}
+			return nil, fmt.Errorf("pool %s: %w", spec.Name, err)
+		}
+		h := &poolHandle{runtime: rt.Name(), image: img, created: time.Now().UTC()}
+		opts := pool.Options{Runtime: rt, RootFS: img.RootFS, Env: img.Config.Env, Log: g.Log, Prepare: h.prepare(spec)}
+		if spec.ContainerType == pool.PythonLTS {
+			opts.Kernel = "python3"
+		}
+		m, err := pool.New(spec, opts)
+		if err != nil {
+			return nil, err
+		}
+		h.Manager = m
+		if err := m.Start(ctx); err != nil {
+			return nil, fmt.Errorf("starting pool %s: %w", spec.Name, err)
+		}
+		cp.pools[spec.Name] = h
+		cp.order = append(cp.order, spec.Name)
+	}
+	return cp, nil
+}
+
+// Pool implements api.Pools.
+func (cp *controlPlane) Pool(name string) (api.Pool, bool) {
+	h, ok := cp.pools[name]
+	if !ok {
+		return nil, false
+	}
+	return h, true
+}
+
+func (cp *controlPlane) runtimeName(pool string) string {
+	if h, ok := cp.pools[pool]; ok {
+		return h.runtime
+	}
+	return ""
+}
+
+// Close stops every pool and destroys its sandboxes.
+func (cp *controlPlane) Close(ctx context.Context) error {
+	var errs []error
+	for _, name := range cp.order {
+		if err := cp.pools[name].Close(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("pool %s: %w", name, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// warmupTimeout bounds a sandbox's warm-up (importing the scientific stack under gVisor on
+// a busy 2-core machine takes a few seconds).
+const warmupTimeout = 2 * time.Minute
+
+// prepare returns the pool's Prepare hook: a code-interpreter sandbox joins the ready
+// queue only after its kernel answered and ran the warm-up code.
+func (h *poolHandle) prepare(spec pool.Spec) func(context.Context, sandbox.Info, *agentapi.Client) error {
+	return func(ctx context.Context, info sandbox.Info, ag *agentapi.Client) error {
+		if spec.ContainerType != pool.PythonLTS {
+			return nil
+		}
+		code := spec.WarmupCode
+		if code == "" {
+			code = "None"
+		}
+		res, err := ag.Execute(ctx, agentapi.ExecuteRequest{Code: code, TimeoutSeconds: int(warmupTimeout / time.Second)})
+		if err != nil {
+			return fmt.Errorf("warming up sandbox %s: %w", info.ID, err)
+		}
+		if res.Status != agentapi.StatusSucceeded {
+			return fmt.Errorf("warming up sandbox %s: warm-up code failed: %.500s", info.ID, res.Stderr)
+		}
+		h.mu.Lock()
+		known := h.kernel != nil
+		h.mu.Unlock()
+		if !known {
+			if ki, err := ag.KernelInfo(ctx); err == nil {
+				h.mu.Lock()
+				h.kernel = &ki
+				h.mu.Unlock()
+			}
+		}
+		return nil
+	}
+}
+
+// Metadata implements api.Pool: the image's runtimes and packages, and the kernel.
+func (h *poolHandle) Metadata(ctx context.Context) (pool.Metadata, error) {
+	md := pool.Metadata{CreatedAt: h.created, UpdatedAt: h.created}
+	for _, p := range image.PythonPackages(h.image.RootFS) {
+		md.Packages = append(md.Packages, pool.NameVersion{Name: p.Name, Version: p.Version})
+	}
+	h.mu.Lock()
+	if h.kernel != nil {
+		k := *h.kernel
+		md.Kernel = &k
+		md.Runtimes = append(md.Runtimes, pool.NameVersion{Name: k.Language, Version: k.LanguageVersion})
+	}
+	h.mu.Unlock()
+	return md, nil
 }

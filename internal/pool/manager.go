@@ -59,6 +59,8 @@ type Options struct {
 	// Kernel is the Jupyter kernel the agent starts in every sandbox (sandbox.Spec.Kernel:
 	// "python3" for code-interpreter pools); "" starts none.
 	Kernel string
+	// Env is added to every sandbox's environment (the image's configured environment).
+	Env []string
 	// RefillParallelism bounds concurrent sandbox creates (DefaultRefillParallelism if 0).
 	RefillParallelism int
 	// HealthInterval is how often each live sandbox's agent is health-checked
@@ -80,6 +82,7 @@ type Manager struct {
 	rt      sandbox.Runtime
 	rootFS  string
 	kernel  string
+	env     []string
 	clock   Clock
 	log     *slog.Logger
 	prepare func(ctx context.Context, info sandbox.Info, agent *agentapi.Client) error
@@ -191,7 +194,7 @@ func New(spec Spec, opts Options) (*Manager, error) {
 	}
 	life, cancel := context.WithCancel(context.Background())
 	m := &Manager{
-		spec: spec, pol: pol, rt: opts.Runtime, rootFS: opts.RootFS, kernel: opts.Kernel, clock: opts.Clock,
+		spec: spec, pol: pol, rt: opts.Runtime, rootFS: opts.RootFS, kernel: opts.Kernel, env: opts.Env, clock: opts.Clock,
 		log:     opts.Log.With("component", "pool", "pool", spec.Name),
 		prepare: opts.Prepare, newID: newSandboxID,
 		reqs: make(chan func() bool), events: make(chan event, 16), wake: make(chan struct{}, 1),

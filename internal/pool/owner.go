@@ -246,7 +246,7 @@ func (m *Manager) spawn(call func() event) {
 }
 
 func (m *Manager) create(id string) event {
-	spec := sandbox.Spec{ID: id, Image: m.spec.Image, RootFS: m.rootFS, Kernel: m.kernel, Limits: m.spec.Limits,
+	spec := sandbox.Spec{ID: id, Image: m.spec.Image, RootFS: m.rootFS, Kernel: m.kernel, Env: m.env, Limits: m.spec.Limits,
 		Labels: map[string]string{LabelPool: m.spec.Name}}
 	info, err := m.rt.Create(m.life, spec)
 	if err == nil && m.prepare != nil {

@@ -138,6 +138,9 @@ func mounts(p bundleParams) []specs.Mount {
 		{Destination: "/dev/shm", Type: "tmpfs", Source: "shm", Options: []string{"nosuid", "noexec", "nodev", "mode=1777", "size=65536k"}},
 		{Destination: "/dev/mqueue", Type: "mqueue", Source: "mqueue", Options: []string{"nosuid", "noexec", "nodev"}},
 		{Destination: "/sys", Type: "sysfs", Source: "sysfs", Options: []string{"nosuid", "noexec", "nodev", "ro"}},
+		// A private /run, writable by the sandbox's root (the image's /run is not, under a
+		// user namespace): the agent keeps the kernel's connection file there.
+		{Destination: "/run", Type: "tmpfs", Source: "tmpfs", Options: []string{"nosuid", "nodev", "noexec", "mode=755", "size=16m"}},
 		{Destination: agentapi.DataDir, Type: "bind", Source: filepath.Join(p.rwDir, "data"), Options: append([]string{"rbind", "rw"}, nosuid...)},
 		{Destination: "/tmp", Type: "bind", Source: filepath.Join(p.rwDir, "tmp"), Options: append([]string{"rbind", "rw"}, nosuid...)},
 		{Destination: homeDir, Type: "bind", Source: filepath.Join(p.rwDir, "home"), Options: append([]string{"rbind", "rw"}, nosuid...)},
