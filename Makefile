@@ -7,7 +7,7 @@ SESSIOND   := bin/sessiond -data-dir $(DATA_DIR)
 VERSION    := $(shell git describe --always --dirty 2>/dev/null || echo dev)
 TEST_TIMEOUT ?= 20m
 
-.PHONY: all build deps image-small image-python run test test-short bench clean
+.PHONY: all build deps image-small image-python run smoke test test-short bench clean
 
 all: build
 
@@ -28,10 +28,14 @@ image-small: build deps
 image-python: build deps
 	@$(SESSIOND) image inspect python >/dev/null 2>&1 || $(SESSIOND) image build python
 
-## run: build, install what is missing, and run a smoke command in a fresh sandbox
+## run: build, install what is missing, and serve the default pool on 127.0.0.1:8080
+LISTEN ?= 127.0.0.1:8080
 run: build deps image-python
-	$(SESSIOND) sandbox reap
-	$(SESSIOND) sandbox run -image python -- python3 -c 'import sys, numpy, pandas, matplotlib; print("sessiond sandbox ok: python", sys.version.split()[0], "numpy", numpy.__version__, "pandas", pandas.__version__)'
+	$(SESSIOND) serve -listen $(LISTEN) $(if $(CONFIG),-config $(CONFIG))
+
+## smoke: run one command in a fresh sandbox
+smoke: build deps image-small
+	$(SESSIOND) sandbox run -image python-small -- python3 -c 'import sys; print("sessiond sandbox ok: python", sys.version.split()[0])'
 
 ## test: every test, against real runc and runsc sandboxes (fails rather than skips)
 test: build deps image-small

@@ -5,19 +5,22 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"time"
 
 	"github.com/sessiond/sessiond/internal/bench"
 )
 
 func cmdBench(ctx context.Context, g *globals, args []string) error {
 	if len(args) == 0 {
-		return usagef("usage: sessiond bench sandbox [flags]")
+		return usagef("usage: sessiond bench sandbox|api [flags]")
 	}
 	switch args[0] {
 	case "sandbox":
 		return benchSandbox(ctx, g, args[1:])
+	case "api":
+		return benchAPI(ctx, g, args[1:])
 	}
-	return usagef("bench: unknown scenario %q (sandbox)", args[0])
+	return usagef("bench: unknown scenario %q (sandbox, api)", args[0])
 }
 
 // benchSandbox measures each runtime (or the one chosen) with bench.Sandbox.
@@ -57,5 +60,36 @@ func benchSandbox(ctx context.Context, g *globals, args []string) error {
 		return enc.Encode(results)
 	}
 	bench.WriteSandboxTable(g.Stdout, results)
+	return nil
+}
+
+// benchAPI measures a running server through its Azure-compatible API.
+func benchAPI(ctx context.Context, g *globals, args []string) error {
+	fs := flag.NewFlagSet("bench api", flag.ContinueOnError)
+	fs.SetOutput(g.Stderr)
+	endpoint := fs.String("endpoint", "http://127.0.0.1:8080/pools/default", "pool management endpoint")
+	var cfg bench.APIConfig
+	fs.IntVar(&cfg.Warm, "warm", 50, "first executions on new identifiers (warm pool)")
+	fs.IntVar(&cfg.WarmBatch, "warm-batch", 5, "first executions per round; at most the pool's readySessionInstances")
+	fs.DurationVar(&cfg.WarmRefill, "refill-wait", 10*time.Second, "pause between rounds for the pool to refill")
+	fs.IntVar(&cfg.Existing, "existing", 200, "executions on one existing session")
+	fs.IntVar(&cfg.Burst, "burst", 0, "new identifiers executing at once (0: skip)")
+	fs.IntVar(&cfg.Sessions, "sessions", 0, "sessions executing in a loop for -for (0: skip)")
+	fs.DurationVar(&cfg.ThroughputFor, "for", 10*time.Second, "how long the throughput scenario runs")
+	fs.IntVar(&cfg.Hold, "hold", 0, "idle sessions to allocate and hold to measure memory (0: skip)")
+	output := fs.String("o", "table", "output: table or json")
+	if err := fs.Parse(args); err != nil {
+		return usageError{err.Error()}
+	}
+	res, err := bench.API(ctx, bench.NewAPIClient(*endpoint), cfg, g.Stderr)
+	if err != nil {
+		return err
+	}
+	if *output == "json" {
+		enc := json.NewEncoder(g.Stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(res)
+	}
+	bench.WriteAPITable(g.Stdout, res)
 	return nil
 }

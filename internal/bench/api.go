@@ -1,0 +1,358 @@
+package bench
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+)
+
+// APIClient drives a running sessiond (or any Azure-compatible pool endpoint) the way a
+// client would: code executions through the new-generation API.
+type APIClient struct {
+	// Endpoint is the pool management endpoint, e.g. http://127.0.0.1:8080/pools/default.
+	Endpoint string
+	// APIVersion is sent with every request.
+	APIVersion string
+	HTTP       *http.Client
+}
+
+// NewAPIClient returns a client for endpoint.
+func NewAPIClient(endpoint string) *APIClient {
+	return &APIClient{
+		Endpoint:   strings.TrimSuffix(endpoint, "/"),
+		APIVersion: "2025-10-02-preview",
+		HTTP:       &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 256, MaxConnsPerHost: 0}},
+	}
+}
+
+// NewIdentifier returns a fresh random session identifier with the given prefix.
+func NewIdentifier(prefix string) string {
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	return prefix + hex.EncodeToString(b[:])
+}
+
+// Execute runs code in the session identifier and returns the round-trip time. It fails
+// unless the execution succeeded with the expected result (when want is not "").
+func (c *APIClient) Execute(ctx context.Context, identifier, code, want string) (time.Duration, error) {
+	body, _ := json.Marshal(map[string]any{"code": code, "codeInputType": "Inline", "executionType": "Synchronous", "timeoutInSeconds": 60})
+	u := c.Endpoint + "/executions?" + url.Values{"api-version": {c.APIVersion}, "identifier": {identifier}}.Encode()
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, u, bytes.NewReader(body))
+	if err != nil {
+		return 0, err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	t0 := time.Now()
+	resp, err := c.HTTP.Do(req)
+	if err != nil {
+		return 0, fmt.Errorf("executing: %w", err)
+	}
+	b, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	resp.Body.Close()
+	d := time.Since(t0)
+	if err != nil {
+		return 0, fmt.Errorf("executing: %w", err)
+	}
+	if resp.StatusCode != http.StatusOK && resp.StatusCode != http.StatusAccepted {
+		return 0, fmt.Errorf("executing: %s: %s", resp.Status, b)
+	}
+	var ex struct {
+		Status string `json:"status"`
+		Result struct {
+			Stderr          string          `json:"stderr"`
+			ExecutionResult json.RawMessage `json:"executionResult"`
+		} `json:"result"`
+	}
+	if err := json.Unmarshal(b, &ex); err != nil {
+		return 0, fmt.Errorf("decoding execution: %w", err)
+	}
+	if ex.Status != "Succeeded" {
+		return 0, fmt.Errorf("execution %s: %s", ex.Status, ex.Result.Stderr)
+	}
+	if want != "" && strings.TrimSpace(string(ex.Result.ExecutionResult)) != want {
+		return 0, fmt.Errorf("execution result %s, want %s", ex.Result.ExecutionResult, want)
+	}
+	return d, nil
+}
+
+// DeleteSession ends a session.
+func (c *APIClient) DeleteSession(ctx context.Context, identifier string) error {
+	u := c.Endpoint + "/session?" + url.Values{"api-version": {c.APIVersion}, "identifier": {identifier}}.Encode()
+	req, err := http.NewRequestWithContext(ctx, http.MethodDelete, u, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := c.HTTP.Do(req)
+	if err != nil {
+		return fmt.Errorf("deleting session: %w", err)
+	}
+	io.Copy(io.Discard, io.LimitReader(resp.Body, 1<<20))
+	resp.Body.Close()
+	if resp.StatusCode/100 != 2 {
+		return fmt.Errorf("deleting session: %s", resp.Status)
+	}
+	return nil
+}
+
+// APIConfig configures the API benchmark.
+type APIConfig struct {
+	// Warm is how many first executions on new identifiers are timed against a warm pool;
+	// they are sent in rounds of WarmBatch (at most the pool's ready sessions), with
+	// WarmRefill between rounds for the pool to refill.
+	Warm       int
+	WarmBatch  int
+	WarmRefill time.Duration
+	// Existing is how many executions are timed on one existing session.
+	Existing int
+	// Burst is how many new identifiers execute at once (0: skipped).
+	Burst int
+	// Throughput: Sessions sessions execute in a loop for ThroughputFor.
+	Sessions      int
+	ThroughputFor time.Duration
+	// Hold is how many sessions are allocated and kept idle to measure their memory
+	// (0: skipped); memory is read from this host's /proc/meminfo.
+	Hold int
+}
+
+// APIResult is what the API benchmark measured.
+type APIResult struct {
+	Endpoint      string  `json:"endpoint"`
+	FirstExecWarm Summary `json:"firstExecutionWarmPool"`
+	ExistingExec  Summary `json:"executionExistingSession"`
+	// OverheadP50 is FirstExecWarm.P50 - ExistingExec.P50: what binding a new session costs.
+	OverheadP50 time.Duration `json:"newSessionOverheadP50"`
+	Burst       Summary       `json:"burst"`
+	// BurstWall is the time until the last of the burst finished.
+	BurstWall     time.Duration `json:"burstWall"`
+	BurstFailures int           `json:"burstFailures"`
+	ExecsPerSec   float64       `json:"executionsPerSecond"`
+	Held          int           `json:"heldSessions"`
+	// HeldBytesEach is the host memory (MemAvailable drop) per held idle session.
+	HeldBytesEach int64 `json:"heldBytesEach"`
+}
+
+// API runs the API benchmark against c. It deletes the sessions it creates.
+func API(ctx context.Context, c *APIClient, cfg APIConfig, progress io.Writer) (res APIResult, err error) {
+	res.Endpoint = c.Endpoint
+	var cleanup []string
+	defer func() {
+		for _, id := range cleanup {
+			_ = c.DeleteSession(context.WithoutCancel(ctx), id)
+		}
+	}()
+	logf := func(format string, args ...any) {
+		if progress != nil {
+			fmt.Fprintf(progress, format+"\n", args...)
+		}
+	}
+
+	var warm []time.Duration
+	for len(warm) < cfg.Warm {
+		n := min(cfg.WarmBatch, cfg.Warm-len(warm))
+		for i := 0; i < n; i++ {
+			id := NewIdentifier("bench-warm-")
+			d, err := c.Execute(ctx, id, "1+1", "2")
+			if err != nil {
+				return res, fmt.Errorf("first execution: %w", err)
+			}
+			warm = append(warm, d)
+			if err := c.DeleteSession(ctx, id); err != nil {
+				return res, err
+			}
+		}
+		logf("warm first executions: %d/%d", len(warm), cfg.Warm)
+		if len(warm) < cfg.Warm {
+			if err := sleep(ctx, cfg.WarmRefill); err != nil {
+				return res, err
+			}
+		}
+	}
+	res.FirstExecWarm = Summarize(warm)
+
+	if cfg.Existing > 0 {
+		id := NewIdentifier("bench-existing-")
+		cleanup = append(cleanup, id)
+		if _, err := c.Execute(ctx, id, "1+1", "2"); err != nil {
+			return res, err
+		}
+		var ds []time.Duration
+		for i := 0; i < cfg.Existing; i++ {
+			d, err := c.Execute(ctx, id, "1+1", "2")
+			if err != nil {
+				return res, fmt.Errorf("execution on an existing session: %w", err)
+			}
+			ds = append(ds, d)
+		}
+		res.ExistingExec = Summarize(ds)
+		logf("existing-session executions: %d", cfg.Existing)
+	}
+	if res.FirstExecWarm.N > 0 && res.ExistingExec.N > 0 {
+		res.OverheadP50 = res.FirstExecWarm.P50 - res.ExistingExec.P50
+	}
+
+	if cfg.Burst > 0 {
+		if err := sleep(ctx, cfg.WarmRefill); err != nil {
+			return res, err
+		}
+		ids := make([]string, cfg.Burst)
+		ds := make([]time.Duration, cfg.Burst)
+		errs := make([]error, cfg.Burst)
+		var wg sync.WaitGroup
+		t0 := time.Now()
+		for i := range ids {
+			ids[i] = NewIdentifier("bench-burst-")
+			wg.Add(1)
+			go func(i int) {
+				defer wg.Done()
+				ds[i], errs[i] = c.Execute(ctx, ids[i], "1+1", "2")
+			}(i)
+		}
+		wg.Wait()
+		res.BurstWall = time.Since(t0)
+		var ok []time.Duration
+		for i, err := range errs {
+			if err != nil {
+				res.BurstFailures++
+				logf("burst failure: %v", err)
+				continue
+			}
+			ok = append(ok, ds[i])
+		}
+		res.Burst = Summarize(ok)
+		for _, id := range ids {
+			_ = c.DeleteSession(ctx, id)
+		}
+		logf("burst of %d: %v wall, %d failures", cfg.Burst, res.BurstWall, res.BurstFailures)
+	}
+
+	if cfg.Sessions > 0 && cfg.ThroughputFor > 0 {
+		ids := make([]string, cfg.Sessions)
+		for i := range ids {
+			ids[i] = NewIdentifier("bench-tput-")
+			cleanup = append(cleanup, ids[i])
+			if _, err := c.Execute(ctx, ids[i], "1+1", "2"); err != nil {
+				return res, err
+			}
+		}
+		var mu sync.Mutex
+		count := 0
+		var firstErr error
+		tctx, cancel := context.WithTimeout(ctx, cfg.ThroughputFor)
+		var wg sync.WaitGroup
+		t0 := time.Now()
+		for _, id := range ids {
+			wg.Add(1)
+			go func(id string) {
+				defer wg.Done()
+				for tctx.Err() == nil {
+					_, err := c.Execute(tctx, id, "1+1", "2")
+					mu.Lock()
+					if err == nil {
+						count++
+					} else if tctx.Err() == nil && firstErr == nil {
+						firstErr = err
+					}
+					mu.Unlock()
+				}
+			}(id)
+		}
+		wg.Wait()
+		cancel()
+		if firstErr != nil {
+			return res, fmt.Errorf("throughput: %w", firstErr)
+		}
+		res.ExecsPerSec = float64(count) / time.Since(t0).Seconds()
+		logf("throughput across %d sessions: %.0f executions/s", cfg.Sessions, res.ExecsPerSec)
+	}
+
+	if cfg.Hold > 0 {
+		if err := sleep(ctx, cfg.WarmRefill); err != nil {
+			return res, err
+		}
+		before, err := memAvailable()
+		if err != nil {
+			return res, err
+		}
+		for i := 0; i < cfg.Hold; i++ {
+			id := NewIdentifier("bench-hold-")
+			cleanup = append(cleanup, id)
+			if _, err := c.Execute(ctx, id, "x = 1", ""); err != nil {
+				return res, fmt.Errorf("holding session %d: %w", i, err)
+			}
+		}
+		// Let the ready queue refill to its size, so that the drop counts held sessions only
+		// (the refill replaces what was taken: net, the pool holds Hold more sandboxes).
+		if err := sleep(ctx, cfg.WarmRefill); err != nil {
+			return res, err
+		}
+		after, err := memAvailable()
+		if err != nil {
+			return res, err
+		}
+		res.Held = cfg.Hold
+		res.HeldBytesEach = (before - after) / int64(cfg.Hold)
+		logf("held %d idle sessions: %.1f MiB each", cfg.Hold, float64(res.HeldBytesEach)/(1<<20))
+	}
+	return res, nil
+}
+
+func sleep(ctx context.Context, d time.Duration) error {
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-time.After(d):
+		return nil
+	}
+}
+
+// memAvailable reads MemAvailable from /proc/meminfo in bytes.
+func memAvailable() (int64, error) {
+	b, err := os.ReadFile("/proc/meminfo")
+	if err != nil {
+		return 0, err
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(l); len(f) >= 2 && f[0] == "MemAvailable:" {
+			kb, err := strconv.ParseInt(f[1], 10, 64)
+			return kb * 1024, err
+		}
+	}
+	return 0, fmt.Errorf("no MemAvailable in /proc/meminfo")
+}
+
+// WriteAPITable writes an API result as a text table.
+func WriteAPITable(w io.Writer, r APIResult) {
+	fmt.Fprintf(w, "endpoint %s\n", r.Endpoint)
+	fmt.Fprintf(w, "%-34s %6s %8s %8s %8s %8s\n", "metric", "n", "p50 ms", "p95 ms", "p99 ms", "max ms")
+	for _, row := range []struct {
+		name string
+		s    Summary
+	}{{"first execution, new id, warm pool", r.FirstExecWarm}, {"execution, existing session", r.ExistingExec}, {"burst, per request", r.Burst}} {
+		if row.s.N > 0 {
+			fmt.Fprintf(w, "%-34s %6d %8s %8s %8s %8s\n", row.name, row.s.N, ms(row.s.P50), ms(row.s.P95), ms(row.s.P99), ms(row.s.Max))
+		}
+	}
+	if r.FirstExecWarm.N > 0 && r.ExistingExec.N > 0 {
+		fmt.Fprintf(w, "new-session overhead (p50 difference): %s ms\n", ms(r.OverheadP50))
+	}
+	if r.Burst.N > 0 || r.BurstFailures > 0 {
+		fmt.Fprintf(w, "burst of %d: all done in %s ms, %d failures\n", r.Burst.N+r.BurstFailures, ms(r.BurstWall), r.BurstFailures)
+	}
+	if r.ExecsPerSec > 0 {
+		fmt.Fprintf(w, "throughput: %.0f executions/s\n", r.ExecsPerSec)
+	}
+	if r.Held > 0 {
+		fmt.Fprintf(w, "held %d idle sessions: %.1f MiB of host memory each\n", r.Held, float64(r.HeldBytesEach)/(1<<20))
+	}
+}
