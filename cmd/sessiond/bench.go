@@ -8,19 +8,22 @@ import (
 	"time"
 
 	"github.com/sessiond/sessiond/internal/bench"
+	"github.com/sessiond/sessiond/internal/pool"
 )
 
 func cmdBench(ctx context.Context, g *globals, args []string) error {
 	if len(args) == 0 {
-		return usagef("usage: sessiond bench sandbox|api [flags]")
+		return usagef("usage: sessiond bench sandbox|kernel|api [flags]")
 	}
 	switch args[0] {
 	case "sandbox":
 		return benchSandbox(ctx, g, args[1:])
 	case "api":
 		return benchAPI(ctx, g, args[1:])
+	case "kernel":
+		return benchKernel(ctx, g, args[1:])
 	}
-	return usagef("bench: unknown scenario %q (sandbox, api)", args[0])
+	return usagef("bench: unknown scenario %q (sandbox, kernel, api)", args[0])
 }
 
 // benchSandbox measures each runtime (or the one chosen) with bench.Sandbox.
@@ -91,5 +94,45 @@ func benchAPI(ctx context.Context, g *globals, args []string) error {
 		return enc.Encode(res)
 	}
 	bench.WriteAPITable(g.Stdout, res)
+	return nil
+}
+
+// benchKernel measures the code interpreter in each runtime (or the one chosen).
+func benchKernel(ctx context.Context, g *globals, args []string) error {
+	fs := flag.NewFlagSet("bench kernel", flag.ContinueOnError)
+	fs.SetOutput(g.Stderr)
+	var sf specFlags
+	sf.register(fs)
+	creates := fs.Int("creates", 10, "sandboxes timed from create to warmed-up ready")
+	execs := fs.Int("execs", 300, "1+1 round trips timed through the agent and with jupyter_client")
+	warmup := fs.String("warmup", pool.DefaultWarmupCode, "warm-up code run before a sandbox counts as ready")
+	output := fs.String("o", "table", "output: table or json")
+	if err := fs.Parse(args); err != nil {
+		return usageError{err.Error()}
+	}
+	names := runtimeNames()
+	if sf.runtime != "" {
+		names = []string{sf.runtime}
+	}
+	var results []bench.KernelResult
+	for _, name := range names {
+		sf.runtime = name
+		rt, spec, err := sf.spec(ctx, g)
+		if err != nil {
+			return err
+		}
+		spec.Labels = map[string]string{"created-by": "sessiond bench"}
+		res, err := bench.Kernel(ctx, rt, bench.KernelConfig{Spec: spec, WarmupCode: *warmup, Creates: *creates, Execs: *execs})
+		if err != nil {
+			return fmt.Errorf("bench %s: %w", name, err)
+		}
+		results = append(results, res)
+	}
+	if *output == "json" {
+		enc := json.NewEncoder(g.Stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(results)
+	}
+	bench.WriteKernelTable(g.Stdout, results)
 	return nil
 }
