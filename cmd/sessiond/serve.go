@@ -99,4 +99,3 @@ func requireLoopback(addr string) error {
 	}
 	return usagef("-listen %q: refusing to listen beyond loopback without authentication, which sessiond does not have yet; use 127.0.0.1:PORT", addr)
 }
-

@@ -28,7 +28,7 @@ func TestArgs(t *testing.T) {
 		"--variant=minbase",
 		"--format=tar",
 		"--hook-dir=/usr/share/mmdebstrap/hooks/merged-usr",
-		"--include=python3,python3-ipykernel,bash",
+		"--include=python3,python3-ipykernel,bash,python3-numpy,python3-pandas,python3-matplotlib,fonts-dejavu-core",
 		`--aptopt=APT::Install-Recommends "false"`,
 		`--aptopt=Acquire::Languages "none"`,
 		"--dpkgopt=path-exclude=/usr/share/doc/*",

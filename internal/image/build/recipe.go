@@ -127,7 +127,7 @@ var pythonPackages = []string{
 //     OpenBLAS and Python headers (about 500 MB). scipy's Pythran modules are compiled
 //     extensions; nothing imports pythran at run time.
 var (
-	smallStubs  = []string{"gdb"}
+	smallStubs  = []string{"gdb", "python3-pythran"}
 	pythonStubs = []string{"gdb", "python3-pythran"}
 )
 
@@ -146,8 +146,8 @@ var recipes = []Recipe{
 	},
 	{
 		Name:        "python-small",
-		Description: "Python 3.11 and ipykernel only, for tests (about 170 MiB)",
-		Packages:    []string{"python3", "python3-ipykernel", "bash"},
+		Description: "Python 3.11, ipykernel, numpy, pandas and matplotlib: the default warm-up's imports, for tests",
+		Packages:    []string{"python3", "python3-ipykernel", "bash", "python3-numpy", "python3-pandas", "python3-matplotlib", "fonts-dejavu-core"},
 		Stubs:       smallStubs,
 		Config:      config("python-small", "sessiond test image: Debian 12, Python 3, ipykernel"),
 	},
