@@ -62,6 +62,9 @@ type Config struct {
 	// KernelDir holds the kernel's connection file (with its signing key): created 0700
 	// and owned by the user; default /run/sessiond-kernel.
 	KernelDir string
+	// MemoryLimit, if positive, makes the agent kill the largest process when all
+	// processes but itself together hold more resident memory (memguard_linux.go).
+	MemoryLimit int64
 	// StopGrace is how long the main process and in-flight requests get to finish when
 	// Serve stops, before they are killed; default 5s.
 	StopGrace time.Duration
@@ -236,6 +239,16 @@ func (a *Agent) Serve(ctx context.Context) error {
 		a.kernel = a.newKernelSup(logs)
 		a.kernel.start()
 		defer a.kernel.close()
+	}
+
+	if a.cfg.MemoryLimit > 0 && os.Getpid() != 1 {
+		// Outside its own pid namespace every process on the host would be a candidate.
+		a.log.Warn("memory guard off: the agent is not the init of a pid namespace")
+	} else if a.cfg.MemoryLimit > 0 {
+		gctx, gstop := context.WithCancel(ctx)
+		gdone := make(chan struct{})
+		go func() { defer close(gdone); a.runMemGuard(gctx, a.cfg.MemoryLimit) }()
+		defer func() { gstop(); <-gdone }()
 	}
 
 	// hardCtx is the base of every request's context; cancelling it makes in-flight

@@ -163,4 +163,3 @@ func WriteKernelTable(w io.Writer, rs []KernelResult) {
 		}
 	}
 }
-

@@ -53,6 +53,8 @@ type bundleParams struct {
 	cgroup   string
 	// hostPids is the pids cgroup limit; see flavor.hostPids.
 	hostPids int64
+	// hostMemory is the memory cgroup limit and memGuard the agent's (flavor.hostMemory).
+	hostMemory, memGuard int64
 }
 
 // buildSpec returns the runtime-spec configuration of a sandbox.
@@ -62,6 +64,9 @@ func buildSpec(p bundleParams) *specs.Spec {
 		"-data-dir", agentapi.DataDir,
 		"-uid", strconv.Itoa(agentapi.UserUID), "-gid", strconv.Itoa(agentapi.UserGID),
 		"-home", homeDir}
+	if p.memGuard > 0 {
+		args = append(args, "-memory-limit", strconv.FormatInt(p.memGuard, 10))
+	}
 	if p.spec.Kernel != "" {
 		args = append(args, "-kernel", p.spec.Kernel)
 	}
@@ -105,7 +110,7 @@ func buildSpec(p bundleParams) *specs.Spec {
 		Mounts:   mounts(p),
 		Linux: &specs.Linux{
 			CgroupsPath: p.cgroup,
-			Resources:   resources(p.limits, p.hostPids),
+			Resources:   resources(p.limits, p.hostMemory, p.hostPids),
 			Namespaces: []specs.LinuxNamespace{
 				{Type: specs.PIDNamespace}, {Type: specs.IPCNamespace}, {Type: specs.UTSNamespace},
 				{Type: specs.MountNamespace}, {Type: specs.NetworkNamespace},
@@ -154,8 +159,8 @@ func mounts(p bundleParams) []specs.Mount {
 	return ms
 }
 
-func resources(l sandbox.Limits, hostPids int64) *specs.LinuxResources {
-	mem := l.MemoryBytes
+func resources(l sandbox.Limits, hostMemory, hostPids int64) *specs.LinuxResources {
+	mem := hostMemory
 	var swappiness uint64
 	period := uint64(100000)
 	quota := l.CPUMillis * int64(period) / 1000

@@ -50,6 +50,9 @@ type flavor struct {
 	// hostOverlay: the rootfs is an overlayfs mounted by sessiond (runc); otherwise the
 	// runtime overlays the shared image itself (runsc --overlay2).
 	hostOverlay bool
+	// hostMemory returns the host memory cgroup limit for a sandbox limited to mem bytes,
+	// and the limit the agent's memory guard enforces inside (0: none).
+	hostMemory func(mem int64) (host, guard int64)
 	// hostPids returns the host pids cgroup limit for a sandbox limited to pids processes.
 	hostPids func(pids int64) int64
 	// flags renders the runtime-specific global flags for one sandbox.
@@ -61,7 +64,10 @@ var flavors = map[string]flavor{
 	"runc": {
 		isolation: "namespaces", userNS: true, seccomp: true, hostOverlay: true,
 		hostPids: func(pids int64) int64 { return pids },
-		flags:    func(string, sandbox.Limits) []string { return nil },
+		// The host kernel's memory cgroup kills the process that overdraws, inside the
+		// sandbox only.
+		hostMemory: func(mem int64) (int64, int64) { return mem, 0 },
+		flags:      func(string, sandbox.Limits) []string { return nil },
 	},
 	"runsc": {
 		isolation: "gvisor",
@@ -69,6 +75,10 @@ var flavors = map[string]flavor{
 		// sandbox's processes do not map to one to one: the pids limit is enforced inside
 		// gVisor (RLIMIT_NPROC), and the host cgroup only bounds a runaway sentry.
 		hostPids: func(pids int64) int64 { return 4*pids + 512 },
+		// A host OOM kill would take the sentry, so the whole sandbox: the agent's memory
+		// guard enforces the limit inside, and the host cgroup, with headroom for the
+		// sentry and the guard's sampling interval, stays the hard bound.
+		hostMemory: func(mem int64) (int64, int64) { return mem + mem/4 + 256<<20, mem },
 		flags: func(rwDir string, l sandbox.Limits) []string {
 			return []string{
 				// systrap works without /dev/kvm and on nested virtualization.
@@ -383,10 +393,11 @@ func (r *Runtime) prepare(dir string, spec sandbox.Spec, rec record) error {
 			return err
 		}
 	}
+	hostMem, guard := r.fl.hostMemory(rec.Limits.MemoryBytes)
 	s := buildSpec(bundleParams{
 		id: rec.ID, spec: spec, limits: rec.Limits, rootPath: rootPath, rootRO: rootRO,
 		rwDir: rw, sockDir: sock, agentBin: r.cfg.AgentBinary,
-		userNS: r.fl.userNS, uidBase: rec.UIDBase, seccomp: r.fl.seccomp, hostPids: r.fl.hostPids(rec.Limits.Pids), cgroup: "/" + r.cfg.CgroupParent + "/" + rec.ID,
+		userNS: r.fl.userNS, uidBase: rec.UIDBase, seccomp: r.fl.seccomp, hostPids: r.fl.hostPids(rec.Limits.Pids), memGuard: guard, hostMemory: hostMem, cgroup: "/" + r.cfg.CgroupParent + "/" + rec.ID,
 	})
 	return writeBundle(dir, s)
 }

@@ -1,0 +1,76 @@
+package agent
+
+import (
+	"context"
+	"os"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// The memory guard enforces a sandbox's memory limit from inside, by killing the largest
+// user process when the processes' resident memory together passes the limit. It exists
+// for gVisor: there the host memory cgroup holds the sentry together with the sandbox's
+// processes, and a host OOM kill takes down the whole sandbox (agent included) instead of
+// the process that used the memory (gvisor#2520, #1967). The runtime gives the host
+// cgroup headroom above the limit and passes the limit to the agent (-memory-limit); the
+// guard then acts first, like the kernel's OOM killer would under runc: the kernel process
+// dies, its execution ends with "Execution aborted", a fresh kernel starts.
+//
+// Under runc the host kernel's cgroup OOM killer is exact and the guard is off.
+
+// memGuardInterval is how often the guard samples memory. Page faults under gVisor cost
+// microseconds, so between samples a process grows by tens of MiB at most; the runtime's
+// headroom covers that.
+const memGuardInterval = 20 * time.Millisecond
+
+// runMemGuard samples until ctx is done. Pids other than the agent's own are candidates.
+func (a *Agent) runMemGuard(ctx context.Context, limit int64) {
+	t := time.NewTicker(memGuardInterval)
+	defer t.Stop()
+	self := os.Getpid()
+	page := int64(os.Getpagesize())
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		total, victim, victimRSS := int64(0), 0, int64(0)
+		ents, err := os.ReadDir("/proc")
+		if err != nil {
+			continue
+		}
+		for _, e := range ents {
+			pid, err := strconv.Atoi(e.Name())
+			if err != nil || pid == self {
+				continue
+			}
+			rss := statmRSS(pid) * page
+			total += rss
+			if rss > victimRSS {
+				victim, victimRSS = pid, rss
+			}
+		}
+		if total > limit && victim > 0 {
+			a.log.Warn("memory limit reached: killing the largest process", "pid", victim,
+				"rss", victimRSS, "total", total, "limit", limit)
+			_ = syscall.Kill(victim, syscall.SIGKILL)
+		}
+	}
+}
+
+// statmRSS returns the resident pages of pid, 0 if unknown.
+func statmRSS(pid int) int64 {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/statm")
+	if err != nil {
+		return 0
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 2 {
+		return 0
+	}
+	n, _ := strconv.ParseInt(f[1], 10, 64)
+	return n
+}
