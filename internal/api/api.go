@@ -1,0 +1,106 @@
+// Package api serves sessiond's data plane: the REST API of Azure Container Apps dynamic
+// sessions, wire-compatible with the clients written for it (LangChain, LlamaIndex, Semantic
+// Kernel for Python and .NET, AutoGen, LangChain.js, langchain4j, raw REST). It serves both
+// generations of the code-interpreter API (legacy code/execute and files/upload, and the
+// executions, files, session, listSessions and metadata of 2024-10-02-preview and later),
+// the .management operations, and GET /healthz.
+//
+// The wire contract is ../../shared/azure-api.md (§13 is normative). routes.go holds the
+// whole route table, which dispatches by path first and api-version second; envelope.go
+// alone turns errors into Azure error codes and HTTP statuses; one file per operation group
+// holds the handlers (codeexecute, executions, files, sessions, pools). Handlers return
+// errors, and one adapter (handler.go) writes the error envelope and the request's log line.
+//
+// The package does not own pools or sandboxes: it consumes them through the Pools and Pool
+// interfaces below and reaches a session's sandbox only through its lease's agent client.
+// It does not authenticate (internal/auth wraps the handler) and does not reverse-proxy
+// custom-container pools. cmd/sessiond wires it; nothing else imports it.
+package api
+
+import (
+	"context"
+	"log/slog"
+	"net/http"
+
+	"github.com/sessiond/sessiond/internal/agentapi"
+	"github.com/sessiond/sessiond/internal/pool"
+)
+
+// Pools finds pools by name.
+type Pools interface {
+	// Pool returns the pool named name, or false. Safe for concurrent use.
+	Pool(name string) (Pool, bool)
+}
+
+// Pool is what the API needs of one pool. All methods are safe for concurrent use. Every
+// lease returned must be released; the API releases each one before its request ends.
+type Pool interface {
+	// Spec returns the pool's definition.
+	Spec() pool.Spec
+	// Acquire returns a lease on the session bound to identifier, binding a new session
+	// from the pool first if there is none. At the pool's cap it fails with
+	// errkind.LimitExceeded.
+	Acquire(ctx context.Context, identifier string) (*pool.Lease, error)
+	// Get returns a lease on the session bound to identifier, or errkind.NotFound if there
+	// is none; it never allocates.
+	Get(ctx context.Context, identifier string) (*pool.Lease, error)
+	// Delete destroys the session bound to identifier, or fails with errkind.NotFound if
+	// there is none. A later Acquire of the identifier gets a fresh session.
+	Delete(ctx context.Context, identifier string) error
+	// Sessions returns the allocated sessions, in no particular order.
+	Sessions() []pool.SessionInfo
+	// Metadata describes what the pool's sessions run.
+	Metadata(ctx context.Context) (pool.Metadata, error)
+}
+
+// DefaultMaxUploadBytes is Azure's upload limit (128 MB; HTTP 413 above it).
+const DefaultMaxUploadBytes = agentapi.MaxUpload
+
+// Config configures a Server. The zero value of every field but Pools works.
+type Config struct {
+	// Pools resolves the {pool} of request paths.
+	Pools Pools
+	// Log receives one line per request; nil discards.
+	Log *slog.Logger
+	// MaxUploadBytes caps one uploaded file (0: DefaultMaxUploadBytes). Larger uploads get
+	// 413 and are never buffered: the file part streams to the sandbox and is cut off.
+	MaxUploadBytes int64
+	// RejectPropertiesWrapper makes POST executions answer 400 SessionPropertiesMissing to a
+	// body wrapped in {"properties":{...}}, as live Azure does (azure-api.md §3.2.1). By
+	// default the wrapper is accepted and unwrapped, because third-party guides and skills
+	// still send it and nothing is gained by refusing them.
+	RejectPropertiesWrapper bool
+}
+
+// Server is the data-plane HTTP handler. It is safe for concurrent use and holds no state
+// between requests: executions live in the sandboxes' agents, sessions in the pools.
+//
+// The http.Server that serves it must allow long requests: a synchronous execution may
+// run for the pool's execution timeout cap (220 s by default) before it answers, and an
+// upload or download may take minutes.
+type Server struct {
+	cfg Config
+	log *slog.Logger
+	mux *http.ServeMux
+	// fallbacks are the mux patterns that answer 404 or 405; written by buildMux only.
+	fallbacks map[string]bool
+}
+
+// New returns a Server for cfg. It has no side effects.
+func New(cfg Config) *Server {
+	if cfg.MaxUploadBytes <= 0 {
+		cfg.MaxUploadBytes = DefaultMaxUploadBytes
+	}
+	log := cfg.Log
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	s := &Server{cfg: cfg, log: log.With("component", "api")}
+	s.mux = s.buildMux()
+	return s
+}
+
+// ServeHTTP implements http.Handler.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	s.mux.ServeHTTP(w, normalize(r))
+}
