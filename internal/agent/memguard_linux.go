@@ -37,7 +37,11 @@ func (a *Agent) runMemGuard(ctx context.Context, limit int64) {
 			return
 		case <-t.C:
 		}
-		total, victim, victimRSS := int64(0), 0, int64(0)
+		total, ok := usedMemory()
+		if ok && total <= limit {
+			continue
+		}
+		victim, victimRSS, rssTotal := 0, int64(0), int64(0)
 		ents, err := os.ReadDir("/proc")
 		if err != nil {
 			continue
@@ -48,10 +52,13 @@ func (a *Agent) runMemGuard(ctx context.Context, limit int64) {
 				continue
 			}
 			rss := statmRSS(pid) * page
-			total += rss
+			rssTotal += rss
 			if rss > victimRSS {
 				victim, victimRSS = pid, rss
 			}
+		}
+		if !ok {
+			total = rssTotal // no meminfo: resident sizes, which count shared pages repeatedly
 		}
 		if total > limit && victim > 0 {
 			a.log.Warn("memory limit reached: killing the largest process", "pid", victim,
@@ -59,6 +66,37 @@ func (a *Agent) runMemGuard(ctx context.Context, limit int64) {
 			_ = syscall.Kill(victim, syscall.SIGKILL)
 		}
 	}
+}
+
+// usedMemory returns the memory in use as /proc/meminfo reports it (MemTotal minus
+// MemAvailable). Under gVisor that is the sentry's own accounting of the whole sandbox: every
+// page counted once, shared or not, page cache and tmpfs included.
+func usedMemory() (int64, bool) {
+	b, err := os.ReadFile("/proc/meminfo")
+	if err != nil {
+		return 0, false
+	}
+	var total, avail int64 = -1, -1
+	for _, l := range strings.Split(string(b), "\n") {
+		f := strings.Fields(l)
+		if len(f) < 2 {
+			continue
+		}
+		n, err := strconv.ParseInt(f[1], 10, 64)
+		if err != nil {
+			continue
+		}
+		switch f[0] {
+		case "MemTotal:":
+			total = n << 10
+		case "MemAvailable:":
+			avail = n << 10
+		}
+	}
+	if total < 0 || avail < 0 {
+		return 0, false
+	}
+	return total - avail, true
 }
 
 // statmRSS returns the resident pages of pid, 0 if unknown.

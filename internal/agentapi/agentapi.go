@@ -45,9 +45,6 @@ const (
 	MaxStdin = 16 << 20
 	// MaxExecRequest caps the JSON body of an exec request.
 	MaxExecRequest = MaxStdin*2 + 1<<20
-	// MaxExecResponse caps what the Client reads of an exec response: both streams at the
-	// largest cap, JSON-escaped (at most 6 bytes per input byte), plus slack.
-	MaxExecResponse = 2*6*MaxOutputLimit + 1<<20
 	// MaxSmallResponse caps any other JSON response (health, listings, errors).
 	MaxSmallResponse = 8 << 20
 	// MaxListEntries caps the entries of one file listing.

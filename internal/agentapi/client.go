@@ -13,6 +13,8 @@ import (
 	"strings"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/sessiond/sessiond/internal/errkind"
 )
 
@@ -28,8 +30,7 @@ type Client struct {
 func NewClient(socket string) *Client {
 	tr := &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, "unix", socket)
+			return dialSocket(ctx, socket)
 		},
 		MaxIdleConnsPerHost:   4,
 		IdleConnTimeout:       30 * time.Second,
@@ -37,6 +38,26 @@ func NewClient(socket string) *Client {
 		DisableCompression:    true,
 	}
 	return &Client{socket: socket, hc: &http.Client{Transport: tr}}
+}
+
+// dialSocket connects to the unix socket at path without following a symlink there. The
+// socket's directory belongs to the sandbox, whose root could otherwise replace the socket
+// with a link to any other socket on the host (another sandbox's agent, a daemon's API).
+func dialSocket(ctx context.Context, path string) (net.Conn, error) {
+	fd, err := unix.Open(path, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("opening agent socket: %w", err)
+	}
+	defer unix.Close(fd)
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return nil, fmt.Errorf("opening agent socket: %w", err)
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFSOCK {
+		return nil, fmt.Errorf("agent socket %s is not a socket (mode %o)", path, st.Mode)
+	}
+	var d net.Dialer
+	return d.DialContext(ctx, "unix", "/proc/self/fd/"+strconv.Itoa(fd))
 }
 
 // Socket returns the path of the socket the client dials.
@@ -61,7 +82,7 @@ func (c *Client) Health(ctx context.Context) (Health, error) {
 // Exec runs a command in the sandbox and waits for it to end.
 func (c *Client) Exec(ctx context.Context, req ExecRequest) (ExecResult, error) {
 	var res ExecResult
-	if err := c.doJSON(ctx, http.MethodPost, PathExec, nil, req, &res, MaxExecResponse); err != nil {
+	if err := c.doJSON(ctx, http.MethodPost, PathExec, nil, req, &res, execResponseLimit(req.OutputLimit)); err != nil {
 		return ExecResult{}, fmt.Errorf("agent exec: %w", err)
 	}
 	return res, nil
@@ -188,7 +209,7 @@ func (c *Client) Logs(ctx context.Context, tail int) ([]byte, error) {
 // with a nil error whatever its Status. Async requests return at once with StatusRunning.
 func (c *Client) Execute(ctx context.Context, req ExecuteRequest) (Execution, error) {
 	var ex Execution
-	if err := c.doJSON(ctx, http.MethodPost, PathKernelExecutions, nil, req, &ex, MaxExecutionResponse); err != nil {
+	if err := c.doJSON(ctx, http.MethodPost, PathKernelExecutions, nil, req, &ex, executionResponseLimit(req.StreamLimit)); err != nil {
 		return Execution{}, fmt.Errorf("agent execute: %w", err)
 	}
 	return ex, nil
@@ -308,4 +329,23 @@ func readBounded(r io.Reader, limit int64) ([]byte, error) {
 		return nil, errkind.Wrap(errkind.LimitExceeded, fmt.Errorf("agent response above %d bytes", limit))
 	}
 	return b, nil
+}
+
+// execResponseLimit bounds an exec response by what the request let the agent return: both
+// streams at their cap, JSON-escaped (at most 6 bytes per byte), plus slack. A hostile agent
+// can make the host read no more than that.
+func execResponseLimit(outputLimit int) int64 {
+	if outputLimit <= 0 || outputLimit > MaxOutputLimit {
+		outputLimit = DefaultOutputLimit
+	}
+	return 2*6*int64(outputLimit) + 1<<20
+}
+
+// executionResponseLimit bounds a kernel execution response likewise: the streams at the
+// request's cap plus the rich outputs (base64 text, escaped at most 2 bytes per byte).
+func executionResponseLimit(streamLimit int) int64 {
+	if streamLimit <= 0 || streamLimit > MaxStreamLimit {
+		streamLimit = DefaultStreamLimit
+	}
+	return 2*6*int64(streamLimit) + 2*MaxDisplayBytes + 2<<20
 }

@@ -499,13 +499,13 @@ func (a *applier) finishDirs() error {
 	return nil
 }
 
-// mode returns hdr's permission bits with setuid, setgid and sticky.
+// mode returns hdr's permission bits with the sticky bit and a directory's setgid bit.
+// Setuid and setgid on files are dropped: inside a sandbox they do nothing (every process
+// runs with no_new_privs), and on the host the unpacked tree is reachable by local users,
+// for whom a setuid-root binary from an imported image would be a way to host root.
 func mode(hdr *tar.Header) fs.FileMode {
 	m := fs.FileMode(hdr.Mode).Perm()
-	if hdr.Mode&0o4000 != 0 {
-		m |= fs.ModeSetuid
-	}
-	if hdr.Mode&0o2000 != 0 {
+	if hdr.Mode&0o2000 != 0 && hdr.Typeflag == tar.TypeDir {
 		m |= fs.ModeSetgid
 	}
 	if hdr.Mode&0o1000 != 0 {

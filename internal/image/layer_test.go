@@ -150,8 +150,8 @@ func TestApplyLayer(t *testing.T) {
 			"etc/mtab":      "Lrwxrwxrwx -> /proc/self/mounts",
 			"usr":           "drwxr-xr-x",
 			"usr/bin":       "drwxr-xr-x",
-			"usr/bin/tool":  "urwxr-xr-x #!/bin/sh\n",
-			"usr/bin/tool2": "urwxr-xr-x #!/bin/sh\n",
+			"usr/bin/tool":  "-rwxr-xr-x #!/bin/sh\n",
+			"usr/bin/tool2": "-rwxr-xr-x #!/bin/sh\n",
 			"tmp":           "dtrwxrwxrwx",
 			"srv":           "dgrwxrwxr-x",
 			"bin":           "Lrwxrwxrwx -> usr/bin",
@@ -309,7 +309,7 @@ func TestApplyLayerMetadata(t *testing.T) {
 		{"home/user", 1000, 1000, fs.ModeDir | 0o700, true},
 		{"home/user/notes", 1000, 1001, 0o600, true},
 		{"home/user/link", 1002, 1003, fs.ModeSymlink | 0o777, false},
-		{"usr/bin/sudo", 0, 0, fs.ModeSetuid | 0o755, true},
+		{"usr/bin/sudo", 0, 0, 0o755, true}, // setuid dropped: see mode()
 	} {
 		fi, err := os.Lstat(filepath.Join(d.root, c.path))
 		if err != nil {

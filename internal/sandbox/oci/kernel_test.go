@@ -112,7 +112,7 @@ func TestCodeInterpreter(t *testing.T) {
 
 			t.Run("OutOfMemory", func(t *testing.T) {
 				small := newSession(t, 256<<20)
-				code(t, small, "keep = 'before'")
+				code(t, ag, "other = 'kept'")
 				r := code(t, small, "x = bytearray(10 * 1024**3)\nx[::4096] = b'1' * len(x[::4096])")
 				if r.Status != agentapi.StatusFailed || !strings.Contains(r.Stderr, agentapi.AbortedMessage) && !strings.Contains(r.Stderr, "MemoryError") {
 					t.Errorf("10 GB allocation: status %s stderr %q", r.Status, r.Stderr)
@@ -127,7 +127,7 @@ func TestCodeInterpreter(t *testing.T) {
 					t.Errorf("after the OOM: %s %s %q", r.Status, r.Result, r.Stderr)
 				}
 				// The kernel that ran out of memory was replaced, not the other session's.
-				if r := code(t, ag, "x"); string(r.Result) != `"kept"` {
+				if r := code(t, ag, "other"); string(r.Result) != `"kept"` {
 					t.Errorf("other session after the OOM: %s", r.Result)
 				}
 			})

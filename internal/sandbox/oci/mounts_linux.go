@@ -8,9 +8,9 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// mountTmpfs mounts a size-limited tmpfs at dir, owned by uid:gid.
+// mountTmpfs mounts a size-limited tmpfs at dir, owned by uid:gid, mode 0710.
 func mountTmpfs(dir string, size int64, uid, gid uint32) error {
-	opts := "size=" + strconv.FormatInt(size, 10) + ",mode=0711,uid=" + strconv.FormatUint(uint64(uid), 10) +
+	opts := "size=" + strconv.FormatInt(size, 10) + ",mode=0710,uid=" + strconv.FormatUint(uint64(uid), 10) +
 		",gid=" + strconv.FormatUint(uint64(gid), 10)
 	if err := unix.Mount("tmpfs", dir, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, opts); err != nil {
 		return fmt.Errorf("mounting tmpfs at %s: %w", dir, err)

@@ -34,6 +34,8 @@ import (
 	"syscall"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/sessiond/sessiond/internal/agentapi"
 	"github.com/sessiond/sessiond/internal/errkind"
 	"github.com/sessiond/sessiond/internal/sandbox"
@@ -132,10 +134,6 @@ type Runtime struct {
 	log    *slog.Logger
 
 	mu sync.Mutex
-	// slots maps user-namespace slot numbers to sandbox IDs (runc). Guarded by mu.
-	slots map[uint32]string
-	// slotsLoaded is true once slots was filled from the records on disk. Guarded by mu.
-	slotsLoaded bool
 	// clients caches one agent client per sandbox. Guarded by mu.
 	clients map[string]*agentapi.Client
 }
@@ -182,7 +180,6 @@ func New(cfg Config) (*Runtime, error) {
 	return &Runtime{
 		cfg: cfg, fl: fl, binary: bin,
 		log:     cfg.Log.With("component", "sandbox", "runtime", cfg.Name),
-		slots:   map[uint32]string{},
 		clients: map[string]*agentapi.Client{},
 	}, nil
 }
@@ -279,6 +276,11 @@ func (r *Runtime) Create(ctx context.Context, spec sandbox.Spec) (info sandbox.I
 	if id == "" {
 		id = newID()
 	}
+	// gVisor refuses mount paths through symlinks, and the record should name the tree
+	// itself: resolve a data directory reached through a link.
+	if real, err := filepath.EvalSymlinks(spec.RootFS); err == nil {
+		spec.RootFS = real
+	}
 	timeout := spec.StartTimeout
 	if timeout <= 0 {
 		timeout = sandbox.DefaultStartTimeout
@@ -308,15 +310,26 @@ func (r *Runtime) Create(ctx context.Context, spec sandbox.Spec) (info sandbox.I
 
 	rec := record{ID: id, Runtime: r.cfg.Name, Image: spec.Image, RootFS: spec.RootFS,
 		State: sandbox.StateCreating, Created: start.UTC(), Labels: spec.Labels, Limits: limits}
+	unlock := func() {}
 	if r.fl.userNS {
-		base, err := r.allocUIDs(id)
+		base, u, err := r.allocUIDs(id)
 		if err != nil {
 			return sandbox.Info{}, err
 		}
-		rec.UIDBase = base
+		rec.UIDBase, unlock = base, u
 	}
-	if err := writeRecord(dir, rec); err != nil {
+	err = writeRecord(dir, rec)
+	unlock()
+	if err != nil {
 		return sandbox.Info{}, err
+	}
+	// Only the sandbox's root (for runc's mounts inside the user namespace) may traverse
+	// the sandbox directory; host users may not see session files.
+	if err := os.Chown(dir, 0, int(rec.UIDBase)); err != nil {
+		return sandbox.Info{}, fmt.Errorf("setting owner of sandbox directory: %w", err)
+	}
+	if err := os.Chmod(dir, 0o710); err != nil {
+		return sandbox.Info{}, fmt.Errorf("setting mode of sandbox directory: %w", err)
 	}
 	if err := r.prepare(dir, spec, rec); err != nil {
 		return sandbox.Info{}, fmt.Errorf("preparing sandbox %s: %w", id, err)
@@ -348,7 +361,7 @@ func (r *Runtime) prepare(dir string, spec sandbox.Spec, rec record) error {
 	if err := os.Mkdir(rw, 0o711); err != nil {
 		return fmt.Errorf("creating writable storage: %w", err)
 	}
-	if err := mountTmpfs(rw, rec.Limits.DiskBytes, 0, 0); err != nil {
+	if err := mountTmpfs(rw, rec.Limits.DiskBytes, 0, root); err != nil {
 		return err
 	}
 	for _, d := range []struct {
@@ -402,16 +415,21 @@ func (r *Runtime) prepare(dir string, spec sandbox.Spec, rec record) error {
 	return writeBundle(dir, s)
 }
 
-// makeMountPoints creates the mount points of sessiond's own mounts below rootfs.
+// makeMountPoints creates the mount points of sessiond's own mounts below rootfs, through
+// an os.Root: the image may hold symlinks (an "mnt -> /etc"), which must never lead this
+// host-root code out of the sandbox's tree.
 func makeMountPoints(rootfs string) error {
+	root, err := os.OpenRoot(rootfs)
+	if err != nil {
+		return fmt.Errorf("opening rootfs: %w", err)
+	}
+	defer root.Close()
 	for _, d := range []string{agentapi.DataDir, "/tmp", homeDir, agentapi.SocketDir, filepath.Dir(agentapi.AgentPath)} {
-		p := filepath.Join(rootfs, d)
-		if err := os.MkdirAll(p, 0o755); err != nil {
+		if err := root.MkdirAll(strings.TrimPrefix(d, "/"), 0o755); err != nil {
 			return fmt.Errorf("creating mount point %s: %w", d, err)
 		}
 	}
-	p := filepath.Join(rootfs, agentapi.AgentPath)
-	f, err := os.OpenFile(p, os.O_CREATE|os.O_RDONLY, 0o755)
+	f, err := root.OpenFile(strings.TrimPrefix(agentapi.AgentPath, "/"), os.O_CREATE|os.O_RDONLY, 0o755)
 	if err != nil {
 		return fmt.Errorf("creating mount point %s: %w", agentapi.AgentPath, err)
 	}
@@ -486,11 +504,6 @@ func (r *Runtime) Attach(ctx context.Context, id string) (sandbox.Info, error) {
 	defer cancel()
 	if _, err := r.Agent(id).Health(hctx); err != nil {
 		return sandbox.Info{}, errkind.Wrap(errkind.Unavailable, fmt.Errorf("attaching sandbox %s: %w", id, err))
-	}
-	if r.fl.userNS {
-		r.mu.Lock()
-		r.loadSlotsLocked()
-		r.mu.Unlock()
 	}
 	return rec.info(), nil
 }
@@ -572,16 +585,12 @@ func (r *Runtime) Destroy(ctx context.Context, id string) error {
 			errs = append(errs, fmt.Errorf("removing sandbox directory: %w", err))
 		}
 	}
+	r.mu.Lock()
+	delete(r.clients, id) // in case Agent cached it again while the sandbox went away
+	r.mu.Unlock()
 	if len(errs) > 0 {
 		return fmt.Errorf("destroying sandbox %s: %w", id, errors.Join(errs...))
 	}
-	r.mu.Lock()
-	for slot, owner := range r.slots {
-		if owner == id {
-			delete(r.slots, slot)
-		}
-	}
-	r.mu.Unlock()
 	return nil
 }
 
@@ -657,44 +666,49 @@ func bundleProcesses(dir string) []int {
 	return pids
 }
 
-// Agent implements sandbox.Runtime.
+// Agent implements sandbox.Runtime. Clients of sandboxes that exist are cached (they keep
+// connections open); for any other ID a throw-away client is returned, so that late calls
+// after Destroy do not leak cache entries.
 func (r *Runtime) Agent(id string) *agentapi.Client {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	c := r.clients[id]
-	if c == nil {
-		c = agentapi.NewClient(r.socketPath(id))
+	if c := r.clients[id]; c != nil {
+		return c
+	}
+	c := agentapi.NewClient(r.socketPath(id))
+	if _, err := os.Stat(r.dir(id)); err == nil {
 		r.clients[id] = c
 	}
 	return c
 }
 
-// allocUIDs reserves a user-namespace id range for sandbox id and returns its first host uid.
-func (r *Runtime) allocUIDs(id string) (uint32, error) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.loadSlotsLocked()
-	maxSlots := (uint32(1<<31) - r.cfg.UIDBase) / userNSSize
-	for s := uint32(0); s < maxSlots; s++ {
-		if _, used := r.slots[s]; !used {
-			r.slots[s] = id
-			return r.cfg.UIDBase + s*userNSSize, nil
-		}
+// allocUIDs reserves a user-namespace id range for sandbox id and returns its first host
+// uid and a function to call once the sandbox's record (which claims the range) is
+// written. Every record on disk is read under a lock shared by all processes using this
+// state directory (the server and the CLI), so that no two sandboxes share host uids.
+func (r *Runtime) allocUIDs(id string) (base uint32, unlock func(), err error) {
+	lf, err := os.OpenFile(filepath.Join(r.cfg.StateDir, ".uids.lock"), os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return 0, nil, fmt.Errorf("allocating user namespace ids: %w", err)
 	}
-	return 0, errkind.New(errkind.LimitExceeded, "no free user namespace id range")
-}
-
-// loadSlotsLocked fills slots from the records on disk once.
-// Preconditions: r.mu is held.
-func (r *Runtime) loadSlotsLocked() {
-	if r.slotsLoaded {
-		return
+	if err := unix.Flock(int(lf.Fd()), unix.LOCK_EX); err != nil {
+		lf.Close()
+		return 0, nil, fmt.Errorf("allocating user namespace ids: %w", err)
 	}
-	r.slotsLoaded = true
+	unlock = func() { lf.Close() } // closing releases the lock
+	used := map[uint32]bool{}
 	ents, _ := os.ReadDir(r.cfg.StateDir)
 	for _, e := range ents {
 		if rec, err := readRecord(r.dir(e.Name())); err == nil && rec.UIDBase >= r.cfg.UIDBase {
-			r.slots[(rec.UIDBase-r.cfg.UIDBase)/userNSSize] = rec.ID
+			used[(rec.UIDBase-r.cfg.UIDBase)/userNSSize] = true
 		}
 	}
+	maxSlots := (uint32(1<<31) - r.cfg.UIDBase) / userNSSize
+	for slot := uint32(0); slot < maxSlots; slot++ {
+		if !used[slot] {
+			return r.cfg.UIDBase + slot*userNSSize, unlock, nil
+		}
+	}
+	unlock()
+	return 0, nil, errkind.New(errkind.LimitExceeded, "no free user namespace id range for sandbox %s", id)
 }

@@ -1,6 +1,8 @@
 package oci
 
 import (
+	"runtime"
+
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
 )
@@ -68,7 +70,8 @@ func seccompProfile() *specs.LinuxSeccomp {
 	return &specs.LinuxSeccomp{
 		DefaultAction:   specs.ActErrno,
 		DefaultErrnoRet: &eperm,
-		Architectures:   []specs.Arch{specs.ArchX86_64, specs.ArchX86, specs.ArchX32, specs.ArchAARCH64, specs.ArchARM},
+		// The native ABI only: 32-bit compat syscalls are attack surface no workload needs.
+		Architectures: nativeArch(),
 		Syscalls: []specs.LinuxSyscall{
 			{Names: allowedSyscalls, Action: specs.ActAllow},
 			// clone is allowed only without namespace flags (the flags are its first
@@ -83,5 +86,14 @@ func seccompProfile() *specs.LinuxSeccomp {
 			{Names: []string{"personality"}, Action: specs.ActAllow, Args: []specs.LinuxSeccompArg{{Index: 0, Value: 0, Op: specs.OpEqualTo}}},
 			{Names: []string{"personality"}, Action: specs.ActAllow, Args: []specs.LinuxSeccompArg{{Index: 0, Value: 0xffffffff, Op: specs.OpEqualTo}}},
 		},
+	}
+}
+
+func nativeArch() []specs.Arch {
+	switch runtime.GOARCH {
+	case "arm64":
+		return []specs.Arch{specs.ArchAARCH64}
+	default:
+		return []specs.Arch{specs.ArchX86_64}
 	}
 }
