@@ -13,7 +13,7 @@ import (
 
 func cmdBench(ctx context.Context, g *globals, args []string) error {
 	if len(args) == 0 {
-		return usagef("usage: sessiond bench sandbox|kernel|api [flags]")
+		return usagef("usage: sessiond bench sandbox|kernel|pool|api [flags]")
 	}
 	switch args[0] {
 	case "sandbox":
@@ -22,8 +22,10 @@ func cmdBench(ctx context.Context, g *globals, args []string) error {
 		return benchAPI(ctx, g, args[1:])
 	case "kernel":
 		return benchKernel(ctx, g, args[1:])
+	case "pool":
+		return benchPool(ctx, g, args[1:])
 	}
-	return usagef("bench: unknown scenario %q (sandbox, kernel, api)", args[0])
+	return usagef("bench: unknown scenario %q (sandbox, kernel, pool, api)", args[0])
 }
 
 // benchSandbox measures each runtime (or the one chosen) with bench.Sandbox.
@@ -134,5 +136,41 @@ func benchKernel(ctx context.Context, g *globals, args []string) error {
 		return enc.Encode(results)
 	}
 	bench.WriteKernelTable(g.Stdout, results)
+	return nil
+}
+
+// benchPool fills an in-process pool on a real runtime and bursts new identifiers at it.
+func benchPool(ctx context.Context, g *globals, args []string) error {
+	fs := flag.NewFlagSet("bench pool", flag.ContinueOnError)
+	fs.SetOutput(g.Stderr)
+	var sf specFlags
+	sf.register(fs)
+	ready := fs.Int("ready", 20, "ready sandboxes to fill, then the burst size")
+	parallel := fs.Int("parallel", pool.DefaultRefillParallelism, "concurrent sandbox creates")
+	warmup := fs.String("warmup", pool.DefaultWarmupCode, "warm-up code")
+	output := fs.String("o", "table", "output: table or json")
+	if err := fs.Parse(args); err != nil {
+		return usageError{err.Error()}
+	}
+	rt, spec, err := sf.spec(ctx, g)
+	if err != nil {
+		return err
+	}
+	ps := pool.Spec{Name: "bench-" + rt.Name(), ContainerType: pool.PythonLTS, MaxConcurrentSessions: *ready,
+		ReadySessionInstances: *ready, LifecycleType: "Timed", CooldownPeriod: time.Hour,
+		Runtime: rt.Name(), Image: spec.Image, Limits: spec.Limits, WarmupCode: *warmup,
+		ExecutionTimeoutCap: pool.DefaultExecutionTimeoutCap}
+	res, err := bench.Pool(ctx, bench.PoolConfig{Runtime: rt, Spec: ps,
+		Options: pool.Options{RootFS: spec.RootFS, Env: spec.Env, Kernel: "python3", Log: g.Log, RefillParallelism: *parallel},
+		Prepare: warmupHook(ps, nil)})
+	if err != nil {
+		return err
+	}
+	if *output == "json" {
+		enc := json.NewEncoder(g.Stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(res)
+	}
+	bench.WritePoolTable(g.Stdout, res)
 	return nil
 }

@@ -257,4 +257,3 @@ func waitReady(t *testing.T, cp *controlPlane, name string, n int) {
 		time.Sleep(50 * time.Millisecond)
 	}
 }
-

@@ -206,9 +206,21 @@ func (cp *controlPlane) Close(ctx context.Context) error {
 // a busy 2-core machine takes a few seconds).
 const warmupTimeout = 2 * time.Minute
 
-// prepare returns the pool's Prepare hook: a code-interpreter sandbox joins the ready
-// queue only after its kernel answered and ran the warm-up code.
+// prepare returns the pool's Prepare hook, remembering the first kernel's info for Metadata.
 func (h *poolHandle) prepare(spec pool.Spec) func(context.Context, sandbox.Info, *agentapi.Client) error {
+	return warmupHook(spec, func(ki agentapi.KernelInfo) {
+		h.mu.Lock()
+		defer h.mu.Unlock()
+		if h.kernel == nil {
+			h.kernel = &ki
+		}
+	})
+}
+
+// warmupHook returns a pool's Prepare hook: a code-interpreter sandbox joins the ready
+// queue only after its kernel answered and ran the warm-up code. onKernel, if not nil,
+// receives the kernel's info.
+func warmupHook(spec pool.Spec, onKernel func(agentapi.KernelInfo)) func(context.Context, sandbox.Info, *agentapi.Client) error {
 	return func(ctx context.Context, info sandbox.Info, ag *agentapi.Client) error {
 		if spec.ContainerType != pool.PythonLTS {
 			return nil
@@ -224,14 +236,9 @@ func (h *poolHandle) prepare(spec pool.Spec) func(context.Context, sandbox.Info,
 		if res.Status != agentapi.StatusSucceeded {
 			return fmt.Errorf("warming up sandbox %s: warm-up code failed: %.500s", info.ID, res.Stderr)
 		}
-		h.mu.Lock()
-		known := h.kernel != nil
-		h.mu.Unlock()
-		if !known {
+		if onKernel != nil {
 			if ki, err := ag.KernelInfo(ctx); err == nil {
-				h.mu.Lock()
-				h.kernel = &ki
-				h.mu.Unlock()
+				onKernel(ki)
 			}
 		}
 		return nil
