@@ -55,7 +55,9 @@ func cmdServe(ctx context.Context, g *globals, args []string) error {
 		return fmt.Errorf("listening on %s: %w", *listen, err)
 	}
 	srv := &http.Server{
-		Handler:           api.New(api.Config{Pools: cp, Log: g.Log}),
+		// Until authentication exists the server listens on loopback only, and answers only
+		// requests addressed to loopback names: a DNS-rebinding page cannot reach it.
+		Handler:           api.New(api.Config{Pools: cp, Log: g.Log, AllowedHosts: loopbackHosts(*listen)}),
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       2 * time.Minute,
 		// No WriteTimeout: executions last up to the pool's cap; each handler bounds its own work.
@@ -98,4 +100,13 @@ func requireLoopback(addr string) error {
 		return nil
 	}
 	return usagef("-listen %q: refusing to listen beyond loopback without authentication, which sessiond does not have yet; use 127.0.0.1:PORT", addr)
+}
+
+// loopbackHosts are the Host names a loopback server answers to.
+func loopbackHosts(listen string) []string {
+	hosts := []string{"localhost", "127.0.0.1", "::1"}
+	if h, _, err := net.SplitHostPort(listen); err == nil && h != "" {
+		hosts = append(hosts, strings.Trim(h, "[]"))
+	}
+	return hosts
 }

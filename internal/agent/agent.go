@@ -387,11 +387,7 @@ func (a *Agent) routes() http.Handler {
 		mux.Handle("POST "+agentapi.PathKernelInterrupt, a.handle(a.handleInterrupt))
 		mux.Handle("POST "+agentapi.PathKernelRestart, a.handle(a.handleRestart))
 	}
-	if a.kernel != nil && a.main == nil {
-		mux.Handle("GET "+agentapi.PathLogs, a.handle(a.handleKernelLogs))
-	} else {
-		mux.Handle("GET "+agentapi.PathLogs, a.handle(a.handleLogs))
-	}
+	mux.Handle("GET "+agentapi.PathLogs, a.handle(a.handleLogs))
 	mux.Handle("/", a.handle(func(w http.ResponseWriter, r *http.Request) error {
 		return errkind.New(errkind.NotFound, "no such endpoint: %s %s", r.Method, r.URL.Path)
 	}))

@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 	"unicode/utf8"
@@ -23,9 +24,17 @@ import (
 )
 
 const (
-	// drainTimeout bounds reading a command's output after it has exited: background
-	// children it left may hold the pipes open for ever, and are not killed.
+	// drainTimeout is how long output may stay quiet, after a command's leader has
+	// exited, before the agent stops waiting for the end of it: background children the
+	// command left may hold the pipes open for ever, and are not killed. What the pipes
+	// hold when it gives up is still taken (readBuffered), so output written before the
+	// exit is never lost however late the reader runs; only output a background child
+	// writes after a quiet spell is.
 	drainTimeout = 100 * time.Millisecond
+	// maxPipeDrain bounds readBuffered: a full pipe at the largest size an unprivileged
+	// process may set (fs.pipe-max-size, 1 MiB by default), so a writer that keeps up
+	// with the reader cannot hold it.
+	maxPipeDrain = 1 << 20
 	// execBodyTimeout bounds reading an exec request body (at most MaxExecRequest bytes
 	// from the host, over a local socket).
 	execBodyTimeout = time.Minute
@@ -43,6 +52,50 @@ type execSpec struct {
 	cred    *syscall.Credential // nil: run as the agent's own user
 	timeout time.Duration
 	limit   int // per output stream
+}
+
+// runLimits describes a request's timeout and output-limit fields: exec's (timeoutMs,
+// outputLimit) and a kernel execution's (timeoutSeconds, streamLimit).
+type runLimits struct {
+	timeoutField string
+	unit         time.Duration // of the timeout field
+	defTimeout   time.Duration
+	limitField   string
+	defLimit     int
+	maxLimit     int
+}
+
+var (
+	execLimits = runLimits{timeoutField: "timeoutMs", unit: time.Millisecond, defTimeout: agentapi.DefaultExecTimeout,
+		limitField: "outputLimit", defLimit: agentapi.DefaultOutputLimit, maxLimit: agentapi.MaxOutputLimit}
+	executeLimits = runLimits{timeoutField: "timeoutSeconds", unit: time.Second, defTimeout: agentapi.DefaultExecuteTimeout * time.Second,
+		limitField: "streamLimit", defLimit: agentapi.DefaultStreamLimit, maxLimit: agentapi.MaxStreamLimit}
+)
+
+// resolve returns the timeout and per-stream output limit a request asks for. A timeout
+// of 0 takes the default and one above agentapi.MaxExecTimeout is cut to it; a limit of
+// 0 takes the default and one above the maximum is Invalid, as is a negative value of
+// either.
+func (l runLimits) resolve(timeout int64, limit int) (time.Duration, int, error) {
+	d := l.defTimeout
+	switch {
+	case timeout < 0:
+		return 0, 0, errkind.New(errkind.Invalid, "negative %s %d", l.timeoutField, timeout)
+	case timeout > int64(agentapi.MaxExecTimeout/l.unit):
+		d = agentapi.MaxExecTimeout
+	case timeout > 0:
+		d = time.Duration(timeout) * l.unit
+	}
+	n := l.defLimit
+	switch {
+	case limit < 0:
+		return 0, 0, errkind.New(errkind.Invalid, "negative %s %d", l.limitField, limit)
+	case limit > l.maxLimit:
+		return 0, 0, errkind.New(errkind.Invalid, "%s %d is above the maximum of %d", l.limitField, limit, l.maxLimit)
+	case limit > 0:
+		n = limit
+	}
+	return d, n, nil
 }
 
 func (a *Agent) handleExec(w http.ResponseWriter, r *http.Request) error {
@@ -73,12 +126,7 @@ func (a *Agent) handleExec(w http.ResponseWriter, r *http.Request) error {
 
 // execSpec validates req and resolves what it runs.
 func (a *Agent) execSpec(req *agentapi.ExecRequest) (*execSpec, error) {
-	s := &execSpec{
-		dir:     a.cfg.DataDir,
-		stdin:   req.Stdin,
-		timeout: agentapi.DefaultExecTimeout,
-		limit:   agentapi.DefaultOutputLimit,
-	}
+	s := &execSpec{dir: a.cfg.DataDir, stdin: req.Stdin}
 	switch {
 	case len(req.Argv) > 0 && req.Shell != "":
 		return nil, errkind.New(errkind.Invalid, "exec request sets both argv and shell")
@@ -107,21 +155,9 @@ func (a *Agent) execSpec(req *agentapi.ExecRequest) (*execSpec, error) {
 		}
 		s.dir = filepath.Clean(req.Cwd)
 	}
-	switch maxMS := agentapi.MaxExecTimeout.Milliseconds(); {
-	case req.TimeoutMS < 0:
-		return nil, errkind.New(errkind.Invalid, "negative timeoutMs %d", req.TimeoutMS)
-	case req.TimeoutMS > maxMS:
-		s.timeout = agentapi.MaxExecTimeout
-	case req.TimeoutMS > 0:
-		s.timeout = time.Duration(req.TimeoutMS) * time.Millisecond
-	}
-	switch {
-	case req.OutputLimit < 0:
-		return nil, errkind.New(errkind.Invalid, "negative outputLimit %d", req.OutputLimit)
-	case req.OutputLimit > agentapi.MaxOutputLimit:
-		return nil, errkind.New(errkind.Invalid, "outputLimit %d is above the maximum of %d", req.OutputLimit, agentapi.MaxOutputLimit)
-	case req.OutputLimit > 0:
-		s.limit = req.OutputLimit
+	var err error
+	if s.timeout, s.limit, err = execLimits.resolve(req.TimeoutMS, req.OutputLimit); err != nil {
+		return nil, err
 	}
 	who := asUser
 	if req.AsRoot {
@@ -180,7 +216,7 @@ func (a *Agent) run(ctx context.Context, s *execSpec) (agentapi.ExecResult, erro
 		return res, startError(s, err)
 	}
 
-	stdin, stdout, stderr := p[0].ours, &capture{f: p[1].ours, limit: s.limit}, &capture{f: p[2].ours, limit: s.limit}
+	stdin, stdout, stderr := p[0].ours, newCapture(p[1].ours, s.limit), newCapture(p[2].ours, s.limit)
 	var wg sync.WaitGroup
 	wg.Go(stdout.run)
 	wg.Go(stderr.run)
@@ -207,12 +243,10 @@ func (a *Agent) run(ctx context.Context, s *execSpec) (agentapi.ExecResult, erro
 	}
 	res.DurationMS = time.Since(start).Milliseconds()
 
-	// The leader is gone. Take what output is still buffered or arrives soon, but do not
-	// wait for background children that keep the pipes open, and stop feeding stdin.
-	deadline := time.Now().Add(drainTimeout)
-	_ = stdout.f.SetReadDeadline(deadline)
-	_ = stderr.f.SetReadDeadline(deadline)
+	// The leader is gone: stop feeding stdin, and read the output to its end, unless
+	// background children hold the pipes open (see drain).
 	_ = stdin.SetWriteDeadline(time.Now())
+	drain(ctx, drainTimeout, start.Add(s.timeout), stdout, stderr)
 	wg.Wait()
 	if err != nil {
 		return res, err
@@ -307,30 +341,121 @@ func closePipes(ps []pipe) {
 // chunks are read buffers shared by all captures.
 var chunks = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
 
-// capture reads f to its end (or to its read deadline), keeping the first limit bytes and
-// discarding the rest, so a command's output never costs more than limit bytes.
+// drain waits, after a command's leader has exited, for its captures to reach the end
+// of their pipes. It stops them early when background children hold a pipe open: once
+// the output has been quiet for quiet (drainTimeout), or, while output keeps coming, at
+// limit (the command's own deadline; never earlier than quiet from now), or when ctx
+// ends. A stopped capture still takes what its pipe holds.
+func drain(ctx context.Context, quiet time.Duration, limit time.Time, cs ...*capture) {
+	if earliest := time.Now().Add(quiet); limit.Before(earliest) {
+		limit = earliest
+	}
+	t := time.NewTimer(quiet)
+	defer t.Stop()
+	seen := received(cs)
+	for _, c := range cs {
+		for waiting := true; waiting; {
+			select {
+			case <-c.done:
+				waiting = false
+			case <-t.C:
+				n := received(cs)
+				left := time.Until(limit)
+				if n == seen || left <= 0 {
+					stopCaptures(cs)
+					return
+				}
+				seen = n
+				t.Reset(min(quiet, left))
+			case <-ctx.Done():
+				stopCaptures(cs)
+				return
+			}
+		}
+	}
+}
+
+// received returns how many bytes cs have read altogether.
+func received(cs []*capture) int64 {
+	var n int64
+	for _, c := range cs {
+		n += c.received.Load()
+	}
+	return n
+}
+
+// stopCaptures makes each capture take what its pipe holds and return.
+func stopCaptures(cs []*capture) {
+	for _, c := range cs {
+		_ = c.f.SetReadDeadline(time.Now()) // fails only if c is done and f closed
+	}
+}
+
+// capture reads f to its end (or until drain stops it), keeping the first limit bytes
+// and discarding the rest, so a command's output never costs more than limit bytes.
 type capture struct {
-	f         *os.File
-	limit     int
+	f     *os.File
+	limit int
+	// done is closed when run returns.
+	done chan struct{}
+	// received counts the bytes read, kept or not; written by run, read by drain.
+	received atomic.Int64
+	// buf and truncated belong to run until done is closed.
 	buf       []byte
 	truncated bool // bytes were discarded
 }
 
+func newCapture(f *os.File, limit int) *capture {
+	return &capture{f: f, limit: limit, done: make(chan struct{})}
+}
+
 func (c *capture) run() {
+	defer close(c.done)
 	defer c.f.Close()
 	bp := chunks.Get().(*[]byte)
 	defer chunks.Put(bp)
 	for {
 		n, err := c.f.Read(*bp)
 		c.keep((*bp)[:n])
-		if err != nil {
-			return // io.EOF, the drain deadline, or a closed file
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			// Stopped by drain, perhaps before this goroutine ever ran: the output
+			// written so far is still in the pipe.
+			readBuffered(c.f, *bp, c.keep)
 		}
+		if err != nil {
+			return // io.EOF, stopped by drain, or a closed file
+		}
+	}
+}
+
+// readBuffered passes to fn what the pipe f holds now, without waiting for more: the
+// rest of a console or an output after its reader's deadline, which a background
+// writer may keep open. It reads at most maxPipeDrain bytes. f must be nonblocking
+// (newPipe); its read deadline is cleared, and nothing may set it again.
+func readBuffered(f *os.File, buf []byte, fn func([]byte)) {
+	rc, err := f.SyscallConn()
+	if err != nil || f.SetReadDeadline(time.Time{}) != nil {
+		return
+	}
+	for total := 0; total < maxPipeDrain; {
+		var n int
+		var rerr error
+		// Returning true tells the poller not to wait: a read that would block ends
+		// the loop with EAGAIN.
+		if err := rc.Read(func(fd uintptr) bool {
+			n, rerr = unix.Read(int(fd), buf[:min(len(buf), maxPipeDrain-total)])
+			return true
+		}); err != nil || rerr != nil || n <= 0 {
+			return
+		}
+		fn(buf[:n])
+		total += n
 	}
 }
 
 // keep appends what fits under the limit to buf, growing it at most to the limit.
 func (c *capture) keep(p []byte) {
+	c.received.Add(int64(len(p)))
 	if room := c.limit - len(c.buf); len(p) > room {
 		p = p[:room]
 		c.truncated = true

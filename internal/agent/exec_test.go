@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"golang.org/x/sys/unix"
 
 	"github.com/sessiond/sessiond/internal/agentapi"
 	"github.com/sessiond/sessiond/internal/errkind"
@@ -296,6 +297,143 @@ func TestExecConcurrent(t *testing.T) {
 		})
 	}
 	wg.Wait()
+}
+
+// TestExecOutputNotLostUnderLoad: output a command writes just before it exits is never
+// lost, however late the agent's readers get to run. A fixed 100 ms drain after the
+// leader's exit lost it on a loaded 2-core machine: a reader first scheduled after the
+// drain deadline returned without reading the pipe at all.
+func TestExecOutputNotLostUnderLoad(t *testing.T) {
+	t.Parallel()
+	ta := startAgent(t, nil)
+	// Keep every CPU busy in this process, so that the agent's goroutines run late.
+	stop := make(chan struct{})
+	var burners sync.WaitGroup
+	for range runtime.GOMAXPROCS(0) {
+		burners.Go(func() {
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+			}
+		})
+	}
+	defer func() { close(stop); burners.Wait() }()
+	ctx := ctxFor(t, 2*time.Minute)
+	var wg sync.WaitGroup
+	for i := range 200 {
+		wg.Go(func() {
+			out := strings.Repeat(strconv.Itoa(i%10), 1000+i)
+			res, err := ta.client.Exec(ctx, agentapi.ExecRequest{Shell: "printf " + out + "; printf e" + strconv.Itoa(i) + " >&2; exit 7"})
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			if res.Stdout != out || res.Stderr != "e"+strconv.Itoa(i) || res.ExitCode != 7 {
+				t.Errorf("exec %d: got %d bytes of stdout (want %d), stderr %q, exit %d", i, len(res.Stdout), len(out), res.Stderr, res.ExitCode)
+			}
+		})
+	}
+	wg.Wait()
+}
+
+// TestDrain: after the leader exits, the drain reads to EOF; it follows output a
+// background child keeps writing, up to the limit, and stops after a quiet spell, still
+// taking what the pipe holds.
+func TestDrain(t *testing.T) {
+	t.Parallel()
+	const quiet = 400 * time.Millisecond
+	// newCaptured returns a running capture of a pipe and the pipe's write end.
+	newCaptured := func(t *testing.T) (*capture, int) {
+		t.Helper()
+		p, err := newPipe(true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c := newCapture(p.ours, 1<<20)
+		go c.run()
+		t.Cleanup(func() { <-c.done })
+		return c, p.theirs
+	}
+	write := func(fd int, s string) {
+		if _, err := unix.Write(fd, []byte(s)); err != nil {
+			t.Error(err)
+		}
+	}
+	ctx := context.Background()
+
+	t.Run("EOF ends it at once", func(t *testing.T) {
+		t.Parallel()
+		c, w := newCaptured(t)
+		write(w, "all")
+		unix.Close(w)
+		start := time.Now()
+		drain(ctx, time.Minute, time.Now().Add(time.Hour), c)
+		if d := time.Since(start); d > 10*time.Second || string(c.buf) != "all" {
+			t.Errorf("drain took %v and kept %q; want at once and \"all\"", d, c.buf)
+		}
+	})
+	t.Run("follows output then stops when quiet", func(t *testing.T) {
+		t.Parallel()
+		c, w := newCaptured(t)
+		defer unix.Close(w)
+		go func() {
+			for i := range 20 {
+				write(w, strconv.Itoa(i%10))
+				time.Sleep(quiet / 8)
+			}
+		}()
+		start := time.Now()
+		drain(ctx, quiet, time.Now().Add(time.Hour), c)
+		<-c.done
+		if d := time.Since(start); d < 20*quiet/8 {
+			t.Errorf("drain stopped after %v, before the output did", d)
+		}
+		if got := string(c.buf); got != "01234567890123456789" {
+			t.Errorf("kept %q, want all 20 writes", got)
+		}
+	})
+	t.Run("endless output is cut at the limit", func(t *testing.T) {
+		t.Parallel()
+		c, w := newCaptured(t)
+		defer unix.Close(w)
+		stop := make(chan struct{})
+		defer close(stop)
+		go func() {
+			for {
+				select {
+				case <-stop:
+					return
+				case <-time.After(quiet / 8):
+					unix.Write(w, []byte("y"))
+				}
+			}
+		}()
+		start := time.Now()
+		drain(ctx, quiet, start.Add(3*quiet), c)
+		<-c.done
+		if d := time.Since(start); d < 3*quiet || d > 3*quiet+10*time.Second || len(c.buf) == 0 {
+			t.Errorf("drain took %v and kept %d bytes; want about %v and some", d, len(c.buf), 3*quiet)
+		}
+	})
+	t.Run("stopped capture takes what the pipe holds", func(t *testing.T) {
+		t.Parallel()
+		p, err := newPipe(true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer unix.Close(p.theirs)
+		write(p.theirs, "buffered")
+		c := newCapture(p.ours, 1<<20)
+		// Stop before the capture ever reads: its first Read fails on the deadline.
+		stopCaptures([]*capture{c})
+		c.run()
+		if string(c.buf) != "buffered" {
+			t.Errorf("kept %q, want \"buffered\"", c.buf)
+		}
+	})
 }
 
 func TestCapture(t *testing.T) {

@@ -12,6 +12,7 @@ import (
 	"path"
 	"slices"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -109,33 +110,45 @@ func (a *Agent) lstat(rel string) (agentapi.FileInfo, error) {
 }
 
 // lister collects a listing of at most max entries, depth first, each directory's
-// entries in name order.
+// entries in name order: a truncated listing is the first max entries of that order.
+// Upload temporaries (uploadPrefix) are left out.
+//
+// Memory is bounded whatever the tree looks like. A directory's names are read whole, up
+// to dirNamesFactor×max of them (beyond that the directory is truncated, and which names
+// were read is up to the file system), then sorted; and the names still to be listed by
+// every directory being walked, together, never exceed what the listing has room for
+// (see trim). So a listing holds at most (dirNamesFactor+1)×max names at any time.
 type lister struct {
 	recursive bool
 	max       int
 	files     []agentapi.FileInfo
 	truncated bool
+	// pending holds, for each directory being walked (outermost first), the names it has
+	// yet to list.
+	pending [][]string
 }
+
+// dirNamesFactor sets how many names of one directory a listing reads, as a multiple of
+// its entry limit: enough that a directory is truncated only when it holds far more
+// entries than could be listed anyway.
+const dirNamesFactor = 4
 
 // walk appends the entries of dir, whose path is rel. Entries are examined relative to
 // dir's descriptor without following symlinks, and subdirectories are opened the same
 // way, so a rename race can never lead the walk out of the tree.
 func (l *lister) walk(dir *os.File, rel string, depth int) error {
-	budget := l.max - len(l.files)
-	names, err := dir.Readdirnames(budget + 1)
-	if err != nil && err != io.EOF {
+	names, err := l.readNames(dir)
+	if err != nil {
 		return err
 	}
-	slices.Sort(names)
-	if len(names) > budget {
-		names, l.truncated = names[:budget], true
-	}
+	level := len(l.pending)
+	l.pending = append(l.pending, names)
+	defer func() { l.pending = l.pending[:level] }()
+	l.trim()
 	fd := int(dir.Fd())
-	for _, name := range names {
-		if len(l.files) == l.max {
-			l.truncated = true
-			return nil
-		}
+	for len(l.pending[level]) > 0 {
+		name := l.pending[level][0]
+		l.pending[level] = l.pending[level][1:]
 		child := joinRel(rel, name)
 		var st unix.Stat_t
 		if err := unix.Fstatat(fd, name, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
@@ -168,6 +181,50 @@ func (l *lister) walk(dir *os.File, rel string, depth int) error {
 		}
 	}
 	return nil
+}
+
+// readNames returns the names in dir, upload temporaries left out, in name order. It
+// reads at most dirNamesFactor×max names and marks the listing truncated if there are
+// more.
+func (l *lister) readNames(dir *os.File) ([]string, error) {
+	limit := dirNamesFactor * l.max
+	var names []string
+	for read := 0; read < limit; {
+		batch, err := dir.Readdirnames(min(1024, limit-read))
+		read += len(batch)
+		for _, n := range batch {
+			if !strings.HasPrefix(n, uploadPrefix) {
+				names = append(names, n)
+			}
+		}
+		if err == io.EOF {
+			slices.Sort(names)
+			return names, nil
+		}
+		if err != nil {
+			return nil, err
+		}
+	}
+	if more, _ := dir.Readdirnames(1); len(more) > 0 {
+		l.truncated = true
+	}
+	slices.Sort(names)
+	return names, nil
+}
+
+// trim cuts the pending names so that, together, they fit the room left in the listing.
+// Deeper directories are listed first (depth first), so the names of the innermost
+// directory keep their room and the outer ones get what remains. A cut list is copied so
+// that the names cut off can be freed.
+func (l *lister) trim() {
+	room := l.max - len(l.files)
+	for i := len(l.pending) - 1; i >= 0; i-- {
+		if p := l.pending[i]; len(p) > room {
+			l.pending[i] = slices.Clone(p[:room])
+			l.truncated = true
+		}
+		room -= len(l.pending[i])
+	}
 }
 
 // handleDownload serves GET /v1/files/content: a regular file's bytes.

@@ -4,9 +4,11 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -14,6 +16,7 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
 	"golang.org/x/sys/unix"
 
 	"github.com/sessiond/sessiond/internal/agentapi"
@@ -542,4 +545,110 @@ func FuzzCleanPath(f *testing.F) {
 			t.Fatalf("cleanPath(%q) = %q changed a relative path", p, got)
 		}
 	})
+}
+
+// TestListTruncationOrder: a truncated listing is the first entries in listing order
+// (depth first, names sorted), never an arbitrary subset read in directory order; a
+// directory beyond the read cap is marked truncated; upload temporaries never show.
+func TestListTruncationOrder(t *testing.T) {
+	t.Parallel()
+	a, base := newAgent(t, nil)
+	a.maxList = 20
+	ta := serve(t, a, base)
+	ctx := ctxFor(t, 30*time.Second)
+	touch := func(rel string) {
+		t.Helper()
+		p := filepath.Join(ta.dataDir, rel)
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, nil, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	// 30 files created in descending order: the first 20 by name are 00..19.
+	for i := 29; i >= 0; i-- {
+		touch(fmt.Sprintf("flat/%02d", i))
+	}
+	touch("flat/" + uploadPrefix + "inflight")
+	l, err := ta.client.ListFiles(ctx, "flat", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var want []string
+	for i := range 20 {
+		want = append(want, fmt.Sprintf("flat/%02d", i))
+	}
+	if diff := cmp.Diff(want, paths(l)); diff != "" || !l.Truncated {
+		t.Errorf("truncated flat listing: truncated %v, paths (-want +got):\n%s", l.Truncated, diff)
+	}
+
+	// Depth first: the subdirectory's entries come before its later siblings, and the
+	// siblings, not the subdirectory, lose their place when the room runs out.
+	for i := range 5 {
+		touch(fmt.Sprintf("tree/a/%d", i))
+	}
+	touch("tree/a/" + uploadPrefix + "x")
+	for i := range 20 {
+		touch(fmt.Sprintf("tree/b%02d", i))
+	}
+	touch("tree/" + uploadPrefix + "y")
+	l, err = ta.client.ListFiles(ctx, "tree", true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want = []string{"tree/a", "tree/a/0", "tree/a/1", "tree/a/2", "tree/a/3", "tree/a/4"}
+	for i := range 14 {
+		want = append(want, fmt.Sprintf("tree/b%02d", i))
+	}
+	if diff := cmp.Diff(want, paths(l)); diff != "" || !l.Truncated {
+		t.Errorf("truncated recursive listing: truncated %v, paths (-want +got):\n%s", l.Truncated, diff)
+	}
+
+	// Upload temporaries are hidden, and an untruncated listing says so.
+	touch("small/" + uploadPrefix + "z")
+	touch("small/visible")
+	l, err = ta.client.ListFiles(ctx, "small", true)
+	if err != nil || l.Truncated {
+		t.Fatalf("small listing: truncated %v, %v", l.Truncated, err)
+	}
+	if diff := cmp.Diff([]string{"small/visible"}, paths(l)); diff != "" {
+		t.Errorf("listing with an upload temporary (-want +got):\n%s", diff)
+	}
+
+	// More names than the read cap (dirNamesFactor×max): truncated, and still sorted.
+	for i := range dirNamesFactor*a.maxList + 3 {
+		touch(fmt.Sprintf("huge/%03d", i))
+	}
+	l, err = ta.client.ListFiles(ctx, "huge", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := paths(l)
+	if len(got) != a.maxList || !l.Truncated || !slices.IsSorted(got) {
+		t.Errorf("listing above the read cap: %d entries, truncated %v, sorted %v", len(got), l.Truncated, slices.IsSorted(got))
+	}
+}
+
+// TestListerTrim: the names pending in the directories being walked never exceed the
+// room left in the listing, and the innermost directory, listed first, keeps its names.
+func TestListerTrim(t *testing.T) {
+	l := &lister{max: 10, files: make([]agentapi.FileInfo, 3)}
+	l.pending = [][]string{
+		{"o1", "o2", "o3", "o4", "o5"},
+		{"m1", "m2", "m3", "m4"},
+		{"i1", "i2", "i3"},
+	}
+	l.trim()
+	want := [][]string{{}, {"m1", "m2", "m3", "m4"}, {"i1", "i2", "i3"}}
+	if diff := cmp.Diff(want, l.pending, cmpopts.EquateEmpty()); diff != "" || !l.truncated {
+		t.Errorf("trim: truncated %v, pending (-want +got):\n%s", l.truncated, diff)
+	}
+	l = &lister{max: 10, files: make([]agentapi.FileInfo, 3)}
+	l.pending = [][]string{{"o1"}, {"m1", "m2"}, {"i1", "i2", "i3"}}
+	l.trim()
+	if len(l.pending[0])+len(l.pending[1])+len(l.pending[2]) != 6 || l.truncated {
+		t.Errorf("trim of what fits: pending %v, truncated %v", l.pending, l.truncated)
+	}
 }

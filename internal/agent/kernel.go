@@ -10,7 +10,6 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -373,38 +372,13 @@ func (s *kernelSup) spawn() (*kernelProc, error) {
 	if err := info.WriteFile(connFile, a.switchUser, a.cfg.UID, a.cfg.GID); err != nil {
 		return nil, err
 	}
-	env := mergeEnv(a.env[asUser], kernelEnv)
-	argv := s.argv(connFile)
-	path, err := lookPath(argv[0], getenv(env, "PATH"))
+	pid, done, console, err := a.spawnConsole(s.argv(connFile), mergeEnv(a.env[asUser], kernelEnv), a.cfg.DataDir)
 	if err != nil {
 		os.Remove(connFile)
 		return nil, err
-	}
-	p, err := newPipe(true)
-	if err != nil {
-		os.Remove(connFile)
-		return nil, err
-	}
-	stdin := ^uintptr(0)
-	if null, err := os.Open(os.DevNull); err == nil {
-		defer null.Close()
-		stdin = null.Fd()
-	}
-	attr := &syscall.ProcAttr{
-		Dir:   a.cfg.DataDir,
-		Env:   env,
-		Files: []uintptr{stdin, uintptr(p.theirs), uintptr(p.theirs)},
-		Sys:   &syscall.SysProcAttr{Setpgid: true, Credential: a.cred},
-	}
-	pid, done, err := a.reaper.start(path, argv, attr)
-	unix.Close(p.theirs)
-	if err != nil {
-		p.ours.Close()
-		os.Remove(connFile)
-		return nil, startError(&execSpec{path: path, argv: argv, dir: a.cfg.DataDir}, err)
 	}
 	k := &kernelProc{
-		sup: s, pid: pid, connFile: connFile, info: info, console: p.ours,
+		sup: s, pid: pid, connFile: connFile, info: info, console: console,
 		exited: make(chan struct{}), abandon: make(chan struct{}),
 		waiterDone: make(chan struct{}), readerDone: make(chan struct{}),
 	}
@@ -450,16 +424,7 @@ func (k *kernelProc) wait(done <-chan unix.WaitStatus) {
 
 func (k *kernelProc) read() {
 	defer close(k.readerDone)
-	defer k.console.Close()
-	bp := chunks.Get().(*[]byte)
-	defer chunks.Put(bp)
-	for {
-		n, err := k.console.Read(*bp)
-		k.sup.logs.Write((*bp)[:n])
-		if err != nil {
-			return
-		}
-	}
+	copyConsole(k.console, k.sup.logs)
 }
 
 // status describes how the process ended, "" while it runs.
@@ -531,7 +496,8 @@ func (k *kernelProc) kill() {
 	if k.client != nil {
 		k.client.Close()
 	}
-	// Children the user left may hold the console open: take what is buffered only.
+	// Children the user left may hold the console open: take what is buffered only
+	// (copyConsole).
 	_ = k.console.SetReadDeadline(time.Now().Add(drainTimeout))
 	<-k.readerDone
 	if err := os.Remove(k.connFile); err != nil && !errors.Is(err, os.ErrNotExist) {

@@ -5,7 +5,6 @@ import (
 	"io"
 	"net/http"
 	"regexp"
-	"strconv"
 	"time"
 
 	"github.com/sessiond/sessiond/internal/agentapi"
@@ -74,30 +73,17 @@ func newExecution(req agentapi.ExecuteRequest) (*execution, error) {
 	if len(req.Code) > agentapi.MaxCodeBytes {
 		return nil, errkind.New(errkind.LimitExceeded, "code of %d bytes is above the limit of %d", len(req.Code), agentapi.MaxCodeBytes)
 	}
-	e := &execution{
-		timeout: agentapi.DefaultExecuteTimeout * time.Second,
-		limit:   agentapi.DefaultStreamLimit,
+	timeout, limit, err := executeLimits.resolve(int64(req.TimeoutSeconds), req.StreamLimit)
+	if err != nil {
+		return nil, err
+	}
+	return &execution{
+		req:     req,
+		timeout: timeout,
+		limit:   limit,
 		done:    make(chan struct{}),
 		cancelc: make(chan struct{}, 1),
-	}
-	switch maxS := int(agentapi.MaxExecTimeout / time.Second); {
-	case req.TimeoutSeconds < 0:
-		return nil, errkind.New(errkind.Invalid, "negative timeoutSeconds %d", req.TimeoutSeconds)
-	case req.TimeoutSeconds > maxS:
-		e.timeout = agentapi.MaxExecTimeout
-	case req.TimeoutSeconds > 0:
-		e.timeout = time.Duration(req.TimeoutSeconds) * time.Second
-	}
-	switch {
-	case req.StreamLimit < 0:
-		return nil, errkind.New(errkind.Invalid, "negative streamLimit %d", req.StreamLimit)
-	case req.StreamLimit > agentapi.MaxStreamLimit:
-		return nil, errkind.New(errkind.Invalid, "streamLimit %d is above the maximum of %d", req.StreamLimit, agentapi.MaxStreamLimit)
-	case req.StreamLimit > 0:
-		e.limit = req.StreamLimit
-	}
-	e.req = req
-	return e, nil
+	}, nil
 }
 
 func (a *Agent) handleGetExecution(w http.ResponseWriter, r *http.Request) error {
@@ -127,24 +113,4 @@ func (a *Agent) handleRestart(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	return writeJSON(w, http.StatusOK, a.kernel.kernelInfo())
-}
-
-// handleKernelLogs serves GET /v1/logs from the kernel's console when the sandbox has
-// no main command (as handleLogs does for the main command's).
-func (a *Agent) handleKernelLogs(w http.ResponseWriter, r *http.Request) error {
-	tail := 0
-	if v := r.URL.Query().Get("tail"); v != "" {
-		n, err := strconv.Atoi(v)
-		if err != nil || n < 0 {
-			return errkind.New(errkind.Invalid, "tail=%q is not a byte count", v)
-		}
-		tail = n
-	}
-	b := a.kernel.logs.tail(tail)
-	h := w.Header()
-	h.Set("Content-Type", "application/octet-stream")
-	h.Set("Content-Length", strconv.Itoa(len(b)))
-	w.WriteHeader(http.StatusOK)
-	_, _ = w.Write(b)
-	return nil
 }

@@ -8,8 +8,9 @@ import (
 	"github.com/sessiond/sessiond/internal/errkind"
 )
 
-// handleLogs serves GET /v1/logs?tail=N: the last N bytes (0: all that is kept) of the main
-// process's console output. Without a main process the body is empty.
+// handleLogs serves GET /v1/logs?tail=N: the last N bytes (0: all that is kept) of the
+// console output of the main process, or, in a sandbox without one, of the kernel. With
+// neither the body is empty.
 func (a *Agent) handleLogs(w http.ResponseWriter, r *http.Request) error {
 	tail := 0
 	if v := r.URL.Query().Get("tail"); v != "" {
@@ -20,14 +21,26 @@ func (a *Agent) handleLogs(w http.ResponseWriter, r *http.Request) error {
 		tail = n
 	}
 	var b []byte
-	if a.main != nil {
-		b = a.main.logs.tail(tail)
+	if console := a.console(); console != nil {
+		b = console.tail(tail)
 	}
 	h := w.Header()
 	h.Set("Content-Type", "application/octet-stream")
 	h.Set("Content-Length", strconv.Itoa(len(b)))
 	w.WriteHeader(http.StatusOK)
 	_, _ = w.Write(b) // the status is sent; a failed write means the client left
+	return nil
+}
+
+// console returns the ring GET /v1/logs reads: the main command's, else the kernel's, else
+// nil.
+func (a *Agent) console() *ring {
+	switch {
+	case a.main != nil:
+		return a.main.logs
+	case a.kernel != nil:
+		return a.kernel.logs
+	}
 	return nil
 }
 

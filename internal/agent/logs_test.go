@@ -2,6 +2,7 @@ package agent
 
 import (
 	"bytes"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
@@ -141,5 +142,31 @@ func TestLogsWithoutMain(t *testing.T) {
 	b, err := ta.client.Logs(ctxFor(t, 5*time.Second), 10)
 	if err != nil || len(b) != 0 {
 		t.Errorf("logs without a main command = %q, %v; want empty", b, err)
+	}
+}
+
+// TestLogsConsole: GET /v1/logs reads the main command's console, else the kernel's.
+func TestLogsConsole(t *testing.T) {
+	t.Parallel()
+	mainLogs, kernelLogs := newRing(64), newRing(64)
+	mainLogs.Write([]byte("main"))
+	kernelLogs.Write([]byte("kernel"))
+	for _, tc := range []struct {
+		name string
+		a    *Agent
+		want string
+	}{
+		{"neither", &Agent{}, ""},
+		{"kernel only", &Agent{kernel: &kernelSup{logs: kernelLogs}}, "kernel"},
+		{"main only", &Agent{main: &mainProc{logs: mainLogs}}, "main"},
+		{"both", &Agent{main: &mainProc{logs: mainLogs}, kernel: &kernelSup{logs: kernelLogs}}, "main"},
+	} {
+		rec := httptest.NewRecorder()
+		if err := tc.a.handleLogs(rec, httptest.NewRequest("GET", agentapi.PathLogs+"?tail=0", nil)); err != nil {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		if got := rec.Body.String(); got != tc.want {
+			t.Errorf("%s: logs %q, want %q", tc.name, got, tc.want)
+		}
 	}
 }

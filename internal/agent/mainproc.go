@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -48,7 +49,7 @@ func (a *Agent) startMain() *mainProc {
 		waiterDone: make(chan struct{}),
 		readerDone: make(chan struct{}),
 	}
-	pid, done, console, err := a.spawnMain()
+	pid, done, console, err := a.spawnConsole(a.cfg.Command, a.env[asUser], a.cfg.WorkDir)
 	if err != nil {
 		code := 126
 		if errkind.Is(err, errkind.NotFound) {
@@ -69,8 +70,11 @@ func (a *Agent) startMain() *mainProc {
 	return m
 }
 
-func (a *Agent) spawnMain() (int, <-chan unix.WaitStatus, *os.File, error) {
-	argv, env := a.cfg.Command, a.env[asUser]
+// spawnConsole starts argv as the user, in its own process group and in dir, with env, its
+// stdin on /dev/null and its stdout and stderr together on a pipe: its console, whose read
+// end it returns. argv[0] is looked up in env's PATH. The main command and the kernel are
+// started this way.
+func (a *Agent) spawnConsole(argv, env []string, dir string) (int, <-chan unix.WaitStatus, *os.File, error) {
 	path, err := lookPath(argv[0], getenv(env, "PATH"))
 	if err != nil {
 		return 0, nil, nil, err
@@ -85,7 +89,7 @@ func (a *Agent) spawnMain() (int, <-chan unix.WaitStatus, *os.File, error) {
 		stdin = null.Fd()
 	}
 	attr := &syscall.ProcAttr{
-		Dir:   a.cfg.WorkDir,
+		Dir:   dir,
 		Env:   env,
 		Files: []uintptr{stdin, uintptr(p.theirs), uintptr(p.theirs)},
 		Sys:   &syscall.SysProcAttr{Setpgid: true, Credential: a.cred},
@@ -94,8 +98,7 @@ func (a *Agent) spawnMain() (int, <-chan unix.WaitStatus, *os.File, error) {
 	unix.Close(p.theirs)
 	if err != nil {
 		p.ours.Close()
-		s := &execSpec{path: path, argv: argv, dir: a.cfg.WorkDir}
-		return 0, nil, nil, startError(s, err)
+		return 0, nil, nil, startError(&execSpec{path: path, argv: argv, dir: dir}, err)
 	}
 	return pid, done, p.ours, nil
 }
@@ -118,12 +121,23 @@ func (m *mainProc) wait(done <-chan unix.WaitStatus) {
 // read copies the console into the ring until every writer is gone or close cuts it off.
 func (m *mainProc) read() {
 	defer close(m.readerDone)
-	defer m.console.Close()
+	copyConsole(m.console, m.logs)
+}
+
+// copyConsole copies a process's console into logs until every writer is gone, or until
+// its read deadline, and closes it. At the deadline it still takes what the pipe holds,
+// however late this goroutine runs: only what is written after it is lost.
+func copyConsole(console *os.File, logs *ring) {
+	defer console.Close()
 	bp := chunks.Get().(*[]byte)
 	defer chunks.Put(bp)
+	keep := func(p []byte) { logs.Write(p) }
 	for {
-		n, err := m.console.Read(*bp)
-		m.logs.Write((*bp)[:n])
+		n, err := console.Read(*bp)
+		keep((*bp)[:n])
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			readBuffered(console, *bp, keep)
+		}
 		if err != nil {
 			return
 		}

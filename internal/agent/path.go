@@ -15,7 +15,8 @@ const maxPathLen = 4096
 // dataDir or agentapi.DataDir (the name user code knows the directory by). It rejects,
 // as Invalid, any other absolute path, NUL bytes, and "", "." or ".." components: the
 // result is always local and clean, so the only way out of the data dir left is a
-// symlink, which os.Root refuses to follow out.
+// symlink, which the resolver never follows (resolve_linux.go walks the path one
+// component at a time and refuses a symlink anywhere in it).
 func cleanPath(p, dataDir string) (string, error) {
 	if len(p) > maxPathLen {
 		return "", errkind.New(errkind.Invalid, "path of %d bytes is longer than %d", len(p), maxPathLen)
@@ -56,12 +57,4 @@ func trimDir(p, dir string) (string, bool) {
 		return rest, true
 	}
 	return "", false
-}
-
-// rootName is the name of rel for os.Root methods.
-func rootName(rel string) string {
-	if rel == "" {
-		return "."
-	}
-	return rel
 }

@@ -13,14 +13,17 @@
 //
 // The package does not own pools or sandboxes: it consumes them through the Pools and Pool
 // interfaces below and reaches a session's sandbox only through its lease's agent client.
-// It does not authenticate (internal/auth wraps the handler) and does not reverse-proxy
-// custom-container pools. cmd/sessiond wires it; nothing else imports it.
+// It does not authenticate yet (authentication is a later issue); until it does, the guard
+// (guard.go: Config.AllowedHosts and the cross-site checks) keeps web pages from using a
+// server on loopback through DNS rebinding or cross-site requests. It does not
+// reverse-proxy custom-container pools. cmd/sessiond wires it; nothing else imports it.
 package api
 
 import (
 	"context"
 	"log/slog"
 	"net/http"
+	"time"
 
 	"github.com/sessiond/sessiond/internal/agentapi"
 	"github.com/sessiond/sessiond/internal/pool"
@@ -65,6 +68,14 @@ type Config struct {
 	// MaxUploadBytes caps one uploaded file (0: DefaultMaxUploadBytes). Larger uploads get
 	// 413 and are never buffered: the file part streams to the sandbox and is cut off.
 	MaxUploadBytes int64
+	// AllowedHosts, when not empty, are the only hosts the server answers for: a request
+	// whose Host header, without its port, is not one of them gets 421, and a
+	// state-changing request from a browser page must come from one of them (Origin).
+	// Entries are host names or IP addresses ("localhost", "127.0.0.1", "::1"), matched
+	// case-insensitively; a port in an entry is ignored. Set it whenever the server is
+	// reachable by browsers without authentication, to stop DNS rebinding (guard.go).
+	// GET /healthz answers any host.
+	AllowedHosts []string
 	// RejectPropertiesWrapper makes POST executions answer 400 SessionPropertiesMissing to a
 	// body wrapped in {"properties":{...}}, as live Azure does (azure-api.md §3.2.1). By
 	// default the wrapper is accepted and unwrapped, because third-party guides and skills
@@ -82,6 +93,10 @@ type Server struct {
 	cfg Config
 	log *slog.Logger
 	mux *http.ServeMux
+	// allowedHosts is cfg.AllowedHosts normalized (hostOnly).
+	allowedHosts []string
+	// metadataTimeout and transferTimeout bound agent calls (files.go).
+	metadataTimeout, transferTimeout time.Duration
 	// fallbacks are the mux patterns that answer 404 or 405; written by buildMux only.
 	fallbacks map[string]bool
 }
@@ -95,7 +110,8 @@ func New(cfg Config) *Server {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	s := &Server{cfg: cfg, log: log.With("component", "api")}
+	s := &Server{cfg: cfg, log: log.With("component", "api"), allowedHosts: allowedHosts(cfg.AllowedHosts),
+		metadataTimeout: metadataTimeout, transferTimeout: transferTimeout}
 	s.mux = s.buildMux()
 	return s
 }

@@ -94,6 +94,12 @@ type response struct {
 
 func send(t *testing.T, srv *httptest.Server, method, target, contentType, body string) response {
 	t.Helper()
+	req := newRequest(t, srv, method, target, contentType, body)
+	return do(t, req)
+}
+
+func newRequest(t *testing.T, srv *httptest.Server, method, target, contentType, body string) *http.Request {
+	t.Helper()
 	req, err := http.NewRequest(method, srv.URL+target, strings.NewReader(body))
 	if err != nil {
 		t.Fatal(err)
@@ -101,6 +107,13 @@ func send(t *testing.T, srv *httptest.Server, method, target, contentType, body 
 	if contentType != "" {
 		req.Header.Set("Content-Type", contentType)
 	}
+	return req
+}
+
+// do sends req and returns the status, headers and decoded error envelope.
+func do(t *testing.T, req *http.Request) response {
+	t.Helper()
+	method, target := req.Method, req.URL.RequestURI()
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)

@@ -33,30 +33,7 @@ type legacyExecutionProperties struct {
 
 // codeExecute serves POST code/execute and POST python/execute.
 func (s *Server) codeExecute(w http.ResponseWriter, r *http.Request) error {
-	c := callOf(r)
-	b, err := readJSONBody(r)
-	if err != nil {
-		return err
-	}
-	f, err := objectFields(b)
-	if err != nil {
-		return err
-	}
-	if inner, ok := f.raw("properties"); ok {
-		if f, err = objectFields(inner); err != nil {
-			return errInvalid("properties", "The field properties must be a JSON object.")
-		}
-	}
-	x, err := parseExecRequest(f, r, c, true)
-	if err != nil {
-		return err
-	}
-	lease, err := c.pool.Acquire(r.Context(), c.identifier)
-	if err != nil {
-		return err
-	}
-	defer lease.Release()
-	o, err := execute(r.Context(), lease, c.spec, x)
+	o, _, err := s.runExecution(r, callOf(r), true)
 	if err != nil {
 		return err
 	}

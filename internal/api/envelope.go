@@ -33,6 +33,8 @@ const (
 	codeTooManyRequests  = "TooManyRequests"
 	codeTooLarge         = "RequestEntityTooLarge"
 	codeMethodNotAllowed = "MethodNotAllowed"
+	codeMisdirected      = "MisdirectedRequest"
+	codeForbidden        = "Forbidden"
 	codeUnavailable      = "ServiceUnavailable"
 	codeTimeout          = "GatewayTimeout"
 	codeInternal         = "InternalServerError"
@@ -135,6 +137,20 @@ func errUploadRefused(cause error) error {
 func errMethodNotAllowed(method string, allow []string) error {
 	return &apiError{status: http.StatusMethodNotAllowed, code: codeMethodNotAllowed, allow: allow,
 		msg: fmt.Sprintf("Method %s is not supported here; use %s.", method, strings.Join(allow, ", "))}
+}
+
+// errMisdirected is a 421 for a request whose Host header names a host the server does
+// not serve (Config.AllowedHosts): a DNS-rebinding page, or a client given a wrong name.
+// 421, not 403: the server is not the authority for that name, which is no question of
+// permission, and the request may succeed sent to the right host (RFC 9110 §15.5.20).
+func errMisdirected(host string) error {
+	return &apiError{status: http.StatusMisdirectedRequest, code: codeMisdirected, target: "Host",
+		msg: fmt.Sprintf("This server does not serve the host %.200q; it serves only the hosts it is configured for.", host)}
+}
+
+// errCrossSite is a 403 for a request a browser sent on behalf of a page of another site.
+func errCrossSite(format string, args ...any) error {
+	return &apiError{status: http.StatusForbidden, code: codeForbidden, msg: fmt.Sprintf(format, args...)}
 }
 
 // errNoSuchOperation is a 404 for a path that names no operation.

@@ -444,34 +444,7 @@ func (o outcome) resource(identifier, executionType string) executionResource {
 // execute serves POST executions.
 func (s *Server) execute(w http.ResponseWriter, r *http.Request) error {
 	c := callOf(r)
-	b, err := readJSONBody(r)
-	if err != nil {
-		return err
-	}
-	f, err := objectFields(b)
-	if err != nil {
-		return err
-	}
-	if inner, ok := f.raw("properties"); ok {
-		// The legacy wrapper (§3.2.1): live Azure refuses it; sessiond unwraps it unless
-		// configured to be strict.
-		if s.cfg.RejectPropertiesWrapper {
-			return errPropertiesMissing()
-		}
-		if f, err = objectFields(inner); err != nil {
-			return errInvalid("properties", "The field properties must be a JSON object.")
-		}
-	}
-	x, err := parseExecRequest(f, r, c, false)
-	if err != nil {
-		return err
-	}
-	lease, err := c.pool.Acquire(r.Context(), c.identifier)
-	if err != nil {
-		return err
-	}
-	defer lease.Release()
-	o, err := execute(r.Context(), lease, c.spec, x)
+	o, x, err := s.runExecution(r, c, false)
 	if err != nil {
 		return err
 	}
@@ -484,6 +457,41 @@ func (s *Server) execute(w http.ResponseWriter, r *http.Request) error {
 		status = http.StatusAccepted // the 2024-10-02-preview swagger's LRO answer
 	}
 	return writeJSON(w, status, o.resource(c.identifier, x.executionType))
+}
+
+// runExecution is what both generations of execute share: it reads the request's JSON
+// body, unwraps a {"properties":{...}} wrapper, parses the execution and runs it in the
+// call's session, allocating one for a new identifier. The wrapper is the legacy body's
+// form (§3.1.1); on the new generation live Azure refuses it (§3.2.1), and sessiond
+// unwraps it unless configured to be strict.
+func (s *Server) runExecution(r *http.Request, c *call, legacy bool) (outcome, execRequest, error) {
+	b, err := readJSONBody(r)
+	if err != nil {
+		return outcome{}, execRequest{}, err
+	}
+	f, err := objectFields(b)
+	if err != nil {
+		return outcome{}, execRequest{}, err
+	}
+	if inner, ok := f.raw("properties"); ok {
+		if !legacy && s.cfg.RejectPropertiesWrapper {
+			return outcome{}, execRequest{}, errPropertiesMissing()
+		}
+		if f, err = objectFields(inner); err != nil {
+			return outcome{}, execRequest{}, errInvalid("properties", "The field properties must be a JSON object.")
+		}
+	}
+	x, err := parseExecRequest(f, r, c, legacy)
+	if err != nil {
+		return outcome{}, execRequest{}, err
+	}
+	lease, err := c.pool.Acquire(r.Context(), c.identifier)
+	if err != nil {
+		return outcome{}, execRequest{}, err
+	}
+	defer lease.Release()
+	o, err := execute(r.Context(), lease, c.spec, x)
+	return o, x, err
 }
 
 // getExecution serves GET executions/{id}: an execution's state, for polling an
@@ -506,12 +514,14 @@ func (s *Server) getExecution(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	defer lease.Release()
-	exe, err := lease.Agent.GetExecution(r.Context(), id)
+	ctx, cancel := s.agentContext(r, false)
+	defer cancel()
+	exe, err := lease.Agent.GetExecution(ctx, id)
 	if errkind.Is(err, errkind.NotFound) {
 		return errNotFound("Execution '%s' was not found in session '%s'.", id, c.identifier)
 	}
 	if err != nil {
-		return fmt.Errorf("getting execution: %w", err)
+		return agentError(ctx, "getting execution", err)
 	}
 	return writeJSON(w, http.StatusOK, kernelOutcome(exe, 0).resource(c.identifier, ""))
 }

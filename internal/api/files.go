@@ -2,6 +2,7 @@ package api
 
 import (
 	"bufio"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -21,6 +22,42 @@ import (
 // The legacy generation wraps each file in {"$id","properties":{filename,size,
 // lastModifiedTime}}; the new one is flat {name,type,contentType,sizeInBytes,
 // lastModifiedAt,directory}.
+
+// Agent calls are bounded, so that a hung agent cannot pin a request, and the lease it
+// holds, for ever. A call that runs out of time is a Timeout (504).
+const (
+	// metadataTimeout bounds a call that moves no file data: list, stat, remove (and
+	// getting an execution's state, executions.go). A recursive listing stats at most
+	// agentapi.MaxListEntries entries and a recursive remove walks one tree of a local
+	// file system: seconds at worst.
+	metadataTimeout = 30 * time.Second
+	// transferTimeout bounds an upload or a download, bodies included: the largest file
+	// (DefaultMaxUploadBytes) at a slow client's pace, and the agent's own bound on one
+	// transfer.
+	transferTimeout = 30 * time.Minute
+)
+
+// agentContext returns the context for an agent call of r: metadataTimeout, or
+// transferTimeout for a transfer (the Server's, which tests shorten).
+func (s *Server) agentContext(r *http.Request, transfer bool) (context.Context, context.CancelFunc) {
+	d := s.metadataTimeout
+	if transfer {
+		d = s.transferTimeout
+	}
+	return context.WithTimeout(r.Context(), d)
+}
+
+// agentError describes err, the failure of the agent call action made under ctx. If
+// ctx's deadline passed, it is a Timeout whatever the agent client made of it (a body cut
+// off by the deadline reads as a broken connection).
+func agentError(ctx context.Context, action string, err error) error {
+	err = fmt.Errorf("%s: %w", action, err)
+	if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+		return &errkind.Error{Kind: errkind.Timeout, Public: true, Err: err,
+			Msg: "The session's sandbox did not complete the operation in time."}
+	}
+	return err
+}
 
 // Legacy shapes.
 
@@ -108,7 +145,7 @@ func (s *Server) listFilesLegacy(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	files, err := listDir(r, c, dir, false)
+	files, err := s.listDir(r, c, dir, false)
 	if err != nil {
 		return err
 	}
@@ -133,7 +170,7 @@ func (s *Server) listFiles(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	files, err := listDir(r, c, dir, recursive)
+	files, err := s.listDir(r, c, dir, recursive)
 	if err != nil {
 		return err
 	}
@@ -144,15 +181,17 @@ func (s *Server) listFiles(w http.ResponseWriter, r *http.Request) error {
 	return writeJSON(w, http.StatusOK, l)
 }
 
-func listDir(r *http.Request, c *call, dir string, recursive bool) ([]agentapi.FileInfo, error) {
+func (s *Server) listDir(r *http.Request, c *call, dir string, recursive bool) ([]agentapi.FileInfo, error) {
 	lease, err := session(r, c)
 	if err != nil {
 		return nil, err
 	}
 	defer lease.Release()
-	l, err := lease.Agent.ListFiles(r.Context(), dir, recursive)
+	ctx, cancel := s.agentContext(r, false)
+	defer cancel()
+	l, err := lease.Agent.ListFiles(ctx, dir, recursive)
 	if err != nil {
-		return nil, fmt.Errorf("listing files: %w", err)
+		return nil, agentError(ctx, "listing files", err)
 	}
 	return l.Files, nil
 }
@@ -204,7 +243,7 @@ func splitFileGet(rest string, legacy bool) (name string, download bool) {
 }
 
 // stat resolves name against the path parameter and describes the file.
-func stat(r *http.Request, c *call, name string) (agentapi.FileInfo, string, error) {
+func (s *Server) stat(r *http.Request, c *call, name string) (agentapi.FileInfo, string, error) {
 	dir, err := requestDir(c)
 	if err != nil {
 		return agentapi.FileInfo{}, "", err
@@ -218,9 +257,11 @@ func stat(r *http.Request, c *call, name string) (agentapi.FileInfo, string, err
 		return agentapi.FileInfo{}, "", err
 	}
 	defer lease.Release()
-	fi, err := lease.Agent.Stat(r.Context(), rel)
+	ctx, cancel := s.agentContext(r, false)
+	defer cancel()
+	fi, err := lease.Agent.Stat(ctx, rel)
 	if err != nil {
-		return agentapi.FileInfo{}, "", fmt.Errorf("describing a file: %w", err)
+		return agentapi.FileInfo{}, "", agentError(ctx, "describing a file", err)
 	}
 	return fi, dir, nil
 }
@@ -228,7 +269,7 @@ func stat(r *http.Request, c *call, name string) (agentapi.FileInfo, string, err
 // fileInfoLegacy serves legacy GET files/{name}: the list shape with one element, as the
 // BYOC image answers it (§3.1).
 func (s *Server) fileInfoLegacy(w http.ResponseWriter, r *http.Request, c *call, name string) error {
-	fi, _, err := stat(r, c, name)
+	fi, _, err := s.stat(r, c, name)
 	if err != nil {
 		return err
 	}
@@ -237,7 +278,7 @@ func (s *Server) fileInfoLegacy(w http.ResponseWriter, r *http.Request, c *call,
 
 // fileInfo serves GET files/{name}.
 func (s *Server) fileInfo(w http.ResponseWriter, r *http.Request, c *call, name string) error {
-	fi, dir, err := stat(r, c, name)
+	fi, dir, err := s.stat(r, c, name)
 	if err != nil {
 		return err
 	}
@@ -246,7 +287,16 @@ func (s *Server) fileInfo(w http.ResponseWriter, r *http.Request, c *call, name 
 
 // download streams a file's bytes, with a Content-Type from its extension or, failing
 // that, sniffed from its first bytes (§13.13).
+//
+// The bytes were written by code in the sandbox and are served from the API's origin, so
+// they must never be treated as a page of that origin: nosniff stops a browser from
+// reading, say, HTML into a file labelled text/plain, and the CSP sandbox directive makes
+// an HTML or SVG file opened in a browser a unique opaque origin with scripts disabled.
+// Both headers are set before anything else, so that they are on every response.
 func (s *Server) download(w http.ResponseWriter, r *http.Request, c *call, name string) error {
+	h := w.Header()
+	h.Set("X-Content-Type-Options", "nosniff")
+	h.Set("Content-Security-Policy", "sandbox")
 	dir, err := requestDir(c)
 	if err != nil {
 		return err
@@ -260,9 +310,11 @@ func (s *Server) download(w http.ResponseWriter, r *http.Request, c *call, name 
 		return err
 	}
 	defer lease.Release()
-	body, size, err := lease.Agent.Download(r.Context(), rel)
+	ctx, cancel := s.agentContext(r, true)
+	defer cancel()
+	body, size, err := lease.Agent.Download(ctx, rel)
 	if err != nil {
-		return fmt.Errorf("downloading a file: %w", err)
+		return agentError(ctx, "downloading a file", err)
 	}
 	defer body.Close()
 	br := bufio.NewReaderSize(body, 512)
@@ -271,20 +323,19 @@ func (s *Server) download(w http.ResponseWriter, r *http.Request, c *call, name 
 		head, _ := br.Peek(512)
 		ct = http.DetectContentType(head)
 	}
-	h := w.Header()
 	h.Set("Content-Type", ct)
 	h.Set("Content-Length", strconv.FormatInt(size, 10))
 	w.WriteHeader(http.StatusOK)
 	if _, err := io.Copy(w, br); err != nil {
 		// The status is sent; the client sees a body shorter than its Content-Length.
-		return fmt.Errorf("sending a file: %w", err)
+		return agentError(ctx, "sending a file", err)
 	}
 	return nil
 }
 
 // deleteFileLegacy serves legacy DELETE files/{name}: 200 with the BYOC image's message.
 func (s *Server) deleteFileLegacy(w http.ResponseWriter, r *http.Request) error {
-	if err := remove(r); err != nil {
+	if err := s.remove(r); err != nil {
 		return err
 	}
 	return writeJSON(w, http.StatusOK, map[string]string{"message": "file deleted successfully"})
@@ -293,14 +344,14 @@ func (s *Server) deleteFileLegacy(w http.ResponseWriter, r *http.Request) error 
 // deleteFile serves DELETE files/{name}: 204. A directory is removed only when empty,
 // unless recursive=true.
 func (s *Server) deleteFile(w http.ResponseWriter, r *http.Request) error {
-	if err := remove(r); err != nil {
+	if err := s.remove(r); err != nil {
 		return err
 	}
 	w.WriteHeader(http.StatusNoContent)
 	return nil
 }
 
-func remove(r *http.Request) error {
+func (s *Server) remove(r *http.Request) error {
 	c := callOf(r)
 	dir, err := requestDir(c)
 	if err != nil {
@@ -319,8 +370,10 @@ func remove(r *http.Request) error {
 		return err
 	}
 	defer lease.Release()
-	if err := lease.Agent.Remove(r.Context(), rel, recursive); err != nil {
-		return fmt.Errorf("deleting a file: %w", err)
+	ctx, cancel := s.agentContext(r, false)
+	defer cancel()
+	if err := lease.Agent.Remove(ctx, rel, recursive); err != nil {
+		return agentError(ctx, "deleting a file", err)
 	}
 	return nil
 }
@@ -367,10 +420,14 @@ func (s *Server) receive(w http.ResponseWriter, r *http.Request) (agentapi.FileI
 	}
 	defer lease.Release()
 	part := &limitedPart{r: up.part, max: limit}
-	fi, err := lease.Agent.Upload(r.Context(), rel, part, -1)
+	ctx, cancel := s.agentContext(r, true)
+	defer cancel()
+	fi, err := lease.Agent.Upload(ctx, rel, part, -1)
 	switch {
 	case err == nil && !part.exceeded:
 		return fi, dir, nil
+	case errors.Is(ctx.Err(), context.DeadlineExceeded):
+		return agentapi.FileInfo{}, "", agentError(ctx, "uploading a file", err)
 	case part.exceeded:
 		return agentapi.FileInfo{}, "", errTooLarge("uploaded file", limit, err)
 	case up.body.err != nil:

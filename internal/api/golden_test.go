@@ -252,7 +252,9 @@ func runScript(t *testing.T, file string) {
 	}
 	script := parseScript(t, string(text))
 	pools := newTestPools(t, true)
-	srv := httptest.NewServer(New(Config{Pools: pools, MaxUploadBytes: 1 << 20}))
+	// The guard is on, as it should be for a server on loopback without authentication:
+	// every client must still pass it.
+	srv := httptest.NewServer(New(Config{Pools: pools, MaxUploadBytes: 1 << 20, AllowedHosts: []string{"127.0.0.1", "localhost"}}))
 	defer srv.Close()
 	var out strings.Builder
 	if len(script.header) > 0 {

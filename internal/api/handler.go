@@ -41,9 +41,10 @@ type callKey struct{}
 // callOf returns the request's call. Only handlers run by adapt may use it.
 func callOf(r *http.Request) *call { return r.Context().Value(callKey{}).(*call) }
 
-// adapt turns a route into an http.Handler: it resolves the pool, checks api-version and
-// identifier as the route's scope requires, runs the handler (picking the generation by
-// api-version), writes the envelope for a returned error, and logs one line.
+// adapt turns a route into an http.Handler: it applies the guard (guard.go), resolves the
+// pool, checks api-version and identifier as the route's scope requires, runs the handler
+// (picking the generation by api-version), writes the envelope for a returned error, and
+// logs one line.
 func (s *Server) adapt(rt route) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
@@ -76,6 +77,9 @@ func (s *Server) run(w http.ResponseWriter, r *http.Request, c *call) (err error
 		}
 	}()
 	rt := c.route
+	if err := s.checkRequest(r, rt); err != nil {
+		return err
+	}
 	if rt.scope >= scopePool {
 		c.poolName = r.PathValue("pool")
 		p, ok := s.cfg.Pools.Pool(c.poolName)

@@ -85,10 +85,18 @@ func versionDate(v string) (string, bool) {
 // below agentapi.MaxStdin.
 const maxJSONBody = 16 << 20
 
-// readJSONBody reads a request's JSON body (at most maxJSONBody bytes). The Content-Type
-// is not checked: clients send application/json, but nothing is gained by refusing
-// others.
+// readJSONBody reads a request's JSON body (at most maxJSONBody bytes). The body is taken
+// as JSON whatever its Content-Type says, unless it says one of the types a web page may
+// send another site without a preflight (text/plain, application/x-www-form-urlencoded,
+// multipart/form-data): those are refused, so that a cross-site form cannot post code
+// (guard.go). Real clients send application/json, some with a charset, some nothing at
+// all (azure-api.md §9); curl -d sends x-www-form-urlencoded and is told what to send.
+// 400 with SessionRequestValidationFailed, like every other malformed request and like
+// an upload that is not multipart, rather than 415, which no client handles apart.
 func readJSONBody(r *http.Request) ([]byte, error) {
+	if ct := r.Header.Get("Content-Type"); formContentType(ct) {
+		return nil, errInvalid("Content-Type", "The request body must be JSON, sent as Content-Type: application/json; got Content-Type %.100q.", ct)
+	}
 	b, err := io.ReadAll(io.LimitReader(r.Body, maxJSONBody+1))
 	if err != nil {
 		return nil, errInvalid("body", "The request body could not be read.")
@@ -100,6 +108,15 @@ func readJSONBody(r *http.Request) ([]byte, error) {
 		return nil, errInvalid("body", "The request body is empty; a JSON object is required.")
 	}
 	return b, nil
+}
+
+// formContentType reports whether a Content-Type is one a form or a no-cors fetch may
+// send: text/plain, application/x-www-form-urlencoded or multipart/*, with any
+// parameters, in any case.
+func formContentType(ct string) bool {
+	mt, _, _ := strings.Cut(ct, ";")
+	mt = strings.ToLower(strings.TrimSpace(mt))
+	return mt == "text/plain" || mt == "application/x-www-form-urlencoded" || strings.HasPrefix(mt, "multipart/")
 }
 
 // fields are the members of a JSON object, by lower-cased name: field names match

@@ -39,6 +39,8 @@ type route struct {
 	// management routes also serve custom-container pools; all others are the dynamic
 	// (code-interpreter) API, which Azure refuses on them.
 	management bool
+	// anyHost routes skip the guard (guard.go): any Host, any origin.
+	anyHost bool
 	// legacy serves api-versions before 2024-10-02-preview on paths both generations share;
 	// nil means current serves every api-version.
 	legacy  handlerFunc
@@ -110,7 +112,7 @@ func (s *Server) buildMux() *http.ServeMux {
 			register(pattern, s.adapt(rt))
 		}
 	}
-	register("GET /healthz", s.adapt(route{op: "Health", scope: scopeServer, current: s.health}))
+	register("GET /healthz", s.adapt(route{op: "Health", scope: scopeServer, anyHost: true, current: s.health}))
 	for _, m := range mounts {
 		for _, rt := range s.routes() {
 			register(rt.method+" "+m+"/"+rt.path, s.adapt(rt))
