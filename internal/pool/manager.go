@@ -77,16 +77,19 @@ type Options struct {
 // checks) run in worker goroutines, bounded by the counts reconcile keeps, and report back
 // as events. The methods are safe for concurrent use.
 type Manager struct {
-	spec    Spec
-	pol     policy
-	rt      sandbox.Runtime
-	rootFS  string
-	kernel  string
-	env     []string
-	clock   Clock
-	log     *slog.Logger
-	prepare func(ctx context.Context, info sandbox.Info, agent *agentapi.Client) error
-	newID   func() string
+	spec Spec
+	pol  policy
+	rt   sandbox.Runtime
+	// promoter is rt's optional Promoter: sandboxes warm up with a low CPU weight and get
+	// the full weight when bound to a session.
+	promoter sandbox.Promoter
+	rootFS   string
+	kernel   string
+	env      []string
+	clock    Clock
+	log      *slog.Logger
+	prepare  func(ctx context.Context, info sandbox.Info, agent *agentapi.Client) error
+	newID    func() string
 
 	reqs   chan func() bool // run on the owner goroutine; true: reconcile after it
 	events chan event       // results of runtime calls
@@ -194,7 +197,7 @@ func New(spec Spec, opts Options) (*Manager, error) {
 	}
 	life, cancel := context.WithCancel(context.Background())
 	m := &Manager{
-		spec: spec, pol: pol, rt: opts.Runtime, rootFS: opts.RootFS, kernel: opts.Kernel, env: opts.Env, clock: opts.Clock,
+		spec: spec, pol: pol, rt: opts.Runtime, promoter: promoterOf(opts.Runtime), rootFS: opts.RootFS, kernel: opts.Kernel, env: opts.Env, clock: opts.Clock,
 		log:     opts.Log.With("component", "pool", "pool", spec.Name),
 		prepare: opts.Prepare, newID: newSandboxID,
 		reqs: make(chan func() bool), events: make(chan event, 16), wake: make(chan struct{}, 1),
@@ -412,4 +415,10 @@ func (m *Manager) do(ctx context.Context, f func() bool) error {
 	}
 	<-ran // the owner runs every function it receives
 	return nil
+}
+
+// promoterOf returns rt's Promoter ability, if it has one.
+func promoterOf(rt sandbox.Runtime) sandbox.Promoter {
+	p, _ := rt.(sandbox.Promoter)
+	return p
 }

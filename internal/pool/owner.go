@@ -183,6 +183,13 @@ func (m *Manager) flush() {
 	st := m.st
 	for _, identifier := range st.bound {
 		b := st.byIdent[identifier]
+		if b != nil && m.promoter != nil {
+			// Full CPU weight from the moment the sandbox serves a session: a sysfs write
+			// of a few microseconds, on the owner goroutine.
+			if err := m.promoter.Promote(b.ID); err != nil {
+				m.log.Warn("promoting sandbox", "sandbox", b.ID, "err", err)
+			}
+		}
 		for i, r := range m.waiters[identifier] {
 			if b == nil { // cannot happen: a binding is never undone in the same step
 				r <- acquireResult{err: errkind.Wrap(errkind.Internal, fmt.Errorf("session %q lost its sandbox", identifier))}
@@ -247,7 +254,7 @@ func (m *Manager) spawn(call func() event) {
 
 func (m *Manager) create(id string) event {
 	spec := sandbox.Spec{ID: id, Image: m.spec.Image, RootFS: m.rootFS, Kernel: m.kernel, Env: m.env, Limits: m.spec.Limits,
-		Labels: map[string]string{LabelPool: m.spec.Name}}
+		Labels: map[string]string{LabelPool: m.spec.Name}, Background: m.promoter != nil}
 	info, err := m.rt.Create(m.life, spec)
 	if err == nil && m.prepare != nil {
 		ctx, cancel := context.WithTimeout(m.life, prepareTimeout)

@@ -79,6 +79,16 @@ type Spec struct {
 	Labels map[string]string
 	// StartTimeout bounds Create; 0 means DefaultStartTimeout.
 	StartTimeout time.Duration
+	// Background starts the sandbox with a low CPU weight, so that warming it up yields
+	// to sandboxes serving sessions, until Promote (where the runtime is a Promoter).
+	Background bool
+}
+
+// Promoter is an optional Runtime ability: Promote gives a sandbox created with
+// Spec.Background the normal CPU weight, once it serves a session. It is fast (no process
+// is started) and idempotent; NotFound for an unknown sandbox.
+type Promoter interface {
+	Promote(id string) error
 }
 
 // DefaultStartTimeout bounds Create when Spec.StartTimeout is zero. gVisor on a loaded

@@ -110,7 +110,7 @@ func buildSpec(p bundleParams) *specs.Spec {
 		Mounts:   mounts(p),
 		Linux: &specs.Linux{
 			CgroupsPath: p.cgroup,
-			Resources:   resources(p.limits, p.hostMemory, p.hostPids),
+			Resources:   resources(p.limits, p.hostMemory, p.hostPids, p.spec.Background),
 			Namespaces: []specs.LinuxNamespace{
 				{Type: specs.PIDNamespace}, {Type: specs.IPCNamespace}, {Type: specs.UTSNamespace},
 				{Type: specs.MountNamespace}, {Type: specs.NetworkNamespace},
@@ -159,14 +159,26 @@ func mounts(p bundleParams) []specs.Mount {
 	return ms
 }
 
-func resources(l sandbox.Limits, hostMemory, hostPids int64) *specs.LinuxResources {
+// CPU weights (cgroup v1 cpu.shares): a sandbox warming up in the background gets an
+// eighth of the weight of one serving a session, so that on a busy machine the pool's refill
+// does not slow down the executions users wait for.
+const (
+	normalShares     = 1024
+	backgroundShares = 128
+)
+
+func resources(l sandbox.Limits, hostMemory, hostPids int64, background bool) *specs.LinuxResources {
 	mem := hostMemory
 	var swappiness uint64
 	period := uint64(100000)
 	quota := l.CPUMillis * int64(period) / 1000
+	shares := uint64(normalShares)
+	if background {
+		shares = backgroundShares
+	}
 	return &specs.LinuxResources{
 		Memory: &specs.LinuxMemory{Limit: &mem, Swap: &mem, Swappiness: &swappiness},
-		CPU:    &specs.LinuxCPU{Quota: &quota, Period: &period},
+		CPU:    &specs.LinuxCPU{Quota: &quota, Period: &period, Shares: &shares},
 		Pids:   &specs.LinuxPids{Limit: &hostPids},
 		Devices: []specs.LinuxDeviceCgroup{
 			{Allow: false, Access: "rwm"},

@@ -159,3 +159,21 @@ func pss(pid int) int64 {
 	}
 	return 0
 }
+
+// setCPUShares writes the sandbox's CPU weight (cgroup v1 cpu.shares, or the v2 hierarchy's
+// cpu.weight when that is where the sandbox lives).
+func setCPUShares(cgroupParent, id string, shares uint64) error {
+	for _, ctrl := range []string{"cpu", "cpu,cpuacct"} {
+		f := filepath.Join(cgroupRoot, ctrl, cgroupParent, id, "cpu.shares")
+		if _, err := os.Stat(f); err == nil {
+			return os.WriteFile(f, []byte(strconv.FormatUint(shares, 10)), 0)
+		}
+	}
+	f := filepath.Join(cgroupRoot, cgroupParent, id, "cpu.weight")
+	if _, err := os.Stat(f); err == nil {
+		// cgroup v2 weights run 1..10000 with 100 the default; shares 1024 map to 100.
+		w := max(1, shares*100/1024)
+		return os.WriteFile(f, []byte(strconv.FormatUint(w, 10)), 0)
+	}
+	return fmt.Errorf("no cpu controller for sandbox %s", id)
+}

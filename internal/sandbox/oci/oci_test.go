@@ -1,6 +1,7 @@
 package oci
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -94,4 +95,41 @@ func testConfig(name, state string) Config {
 
 func testCgroupParent(state string) string {
 	return "sessiond-test-" + strings.TrimPrefix(filepath.Base(filepath.Dir(state)), "sdt-")
+}
+
+// TestPromote checks that a background sandbox starts with a low CPU weight and gets the
+// normal weight when promoted.
+func TestPromote(t *testing.T) {
+	img := sandboxtest.TestImage(t)
+	for _, name := range Names() {
+		t.Run(name, func(t *testing.T) {
+			state := filepath.Join(newStateDir(t), name)
+			rt := requireRuntime(t, name, state)
+			ctx := context.Background()
+			info, err := rt.Create(ctx, sandbox.Spec{RootFS: img.RootFS, Background: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer rt.Destroy(ctx, info.ID)
+			shares := func() string {
+				b, err := os.ReadFile(filepath.Join(cgroupRoot, "cpu", rt.cfg.CgroupParent, info.ID, "cpu.shares"))
+				if err != nil {
+					t.Fatal(err)
+				}
+				return strings.TrimSpace(string(b))
+			}
+			if got := shares(); got != "128" {
+				t.Errorf("background sandbox cpu.shares = %s, want 128", got)
+			}
+			if err := rt.Promote(info.ID); err != nil {
+				t.Fatal(err)
+			}
+			if got := shares(); got != "1024" {
+				t.Errorf("promoted sandbox cpu.shares = %s, want 1024", got)
+			}
+			if err := rt.Promote("no-such-sandbox"); err == nil {
+				t.Errorf("Promote of an unknown sandbox succeeded")
+			}
+		})
+	}
 }

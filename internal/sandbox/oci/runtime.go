@@ -138,7 +138,10 @@ type Runtime struct {
 	clients map[string]*agentapi.Client
 }
 
-var _ sandbox.Runtime = (*Runtime)(nil)
+var (
+	_ sandbox.Runtime  = (*Runtime)(nil)
+	_ sandbox.Promoter = (*Runtime)(nil)
+)
 
 // New returns a runtime for cfg. It has no side effects; Capabilities tells whether the
 // runtime can run here.
@@ -664,6 +667,17 @@ func bundleProcesses(dir string) []int {
 		}
 	}
 	return pids
+}
+
+// Promote implements sandbox.Promoter.
+func (r *Runtime) Promote(id string) error {
+	if !idPattern.MatchString(id) {
+		return errkind.New(errkind.NotFound, "no sandbox %q", id)
+	}
+	if err := setCPUShares(r.cfg.CgroupParent, id, normalShares); err != nil {
+		return errkind.Wrap(errkind.NotFound, fmt.Errorf("promoting sandbox %s: %w", id, err))
+	}
+	return nil
 }
 
 // Agent implements sandbox.Runtime. Clients of sandboxes that exist are cached (they keep
