@@ -41,6 +41,7 @@ func run(args []string) error {
 	fs.StringVar(&cfg.Home, "home", "/home/user", "HOME of user code")
 	fs.StringVar(&cfg.WorkDir, "workdir", "", "working directory of the main command (default: the data dir)")
 	fs.Int64Var(&cfg.MemoryLimit, "memory-limit", 0, "kill the largest process when all processes together hold more resident bytes (0: off)")
+	fs.StringVar(&cfg.KernelDir, "kernel-dir", "", "directory for the kernel's connection file (default /run/sessiond-kernel)")
 	fs.StringVar(&cfg.Kernel, "kernel", "", "Jupyter kernel to supervise (python3), for code-interpreter sandboxes")
 	if err := fs.Parse(args); err != nil {
 		return err

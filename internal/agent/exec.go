@@ -202,7 +202,9 @@ func (a *Agent) run(ctx context.Context, s *execSpec) (agentapi.ExecResult, erro
 		Dir:   s.dir,
 		Env:   s.env,
 		Files: []uintptr{uintptr(p[0].theirs), uintptr(p[1].theirs), uintptr(p[2].theirs)},
-		Sys:   &syscall.SysProcAttr{Setpgid: true, Credential: s.cred},
+		// Pdeathsig: outside a pid namespace (tests, the Fake runtime) nothing else ends
+		// the agent's children when it dies.
+		Sys: &syscall.SysProcAttr{Setpgid: true, Credential: s.cred, Pdeathsig: syscall.SIGKILL},
 	}
 	start := time.Now()
 	pid, done, err := a.reaper.start(s.path, s.argv, attr)

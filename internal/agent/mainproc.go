@@ -92,7 +92,7 @@ func (a *Agent) spawnConsole(argv, env []string, dir string) (int, <-chan unix.W
 		Dir:   dir,
 		Env:   env,
 		Files: []uintptr{stdin, uintptr(p.theirs), uintptr(p.theirs)},
-		Sys:   &syscall.SysProcAttr{Setpgid: true, Credential: a.cred},
+		Sys:   &syscall.SysProcAttr{Setpgid: true, Credential: a.cred, Pdeathsig: syscall.SIGKILL},
 	}
 	pid, done, err := a.reaper.start(path, argv, attr)
 	unix.Close(p.theirs)

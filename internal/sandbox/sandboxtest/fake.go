@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -115,7 +116,8 @@ func (f *Fake) Create(ctx context.Context, spec sandbox.Spec) (sandbox.Info, err
 		}
 	}
 	args := append([]string{"-socket", filepath.Join(dir, "sock", agentapi.SocketName),
-		"-data-dir", filepath.Join(dir, "data"), "-home", filepath.Join(dir, "home")}, f.AgentArgs...)
+		"-data-dir", filepath.Join(dir, "data"), "-home", filepath.Join(dir, "home"),
+		"-kernel-dir", filepath.Join(dir, "kernel")}, f.AgentArgs...)
 	if spec.Kernel != "" {
 		args = append(args, "-kernel", spec.Kernel)
 	}
@@ -203,12 +205,23 @@ func (f *Fake) Destroy(ctx context.Context, id string) error {
 		delete(f.clients, id)
 	}
 	f.mu.Unlock()
+	pid := 0
 	if cmd != nil {
-		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-		_ = cmd.Wait()
+		pid = cmd.Process.Pid
 	} else if info, err := readFakeRecord(f.dir(id)); err == nil && info.PID > 0 {
-		// Started by another Fake (a "previous control plane"): not our child.
-		_ = syscall.Kill(-info.PID, syscall.SIGKILL)
+		pid = info.PID // started by another Fake (a "previous control plane")
+	}
+	if pid > 0 {
+		// The agent runs its kernel and commands in process groups of their own, and
+		// without a pid namespace nothing ends them with the agent: find them first.
+		victims := append(descendants(pid), pid)
+		for _, p := range victims {
+			_ = syscall.Kill(-p, syscall.SIGKILL)
+			_ = syscall.Kill(p, syscall.SIGKILL)
+		}
+	}
+	if cmd != nil {
+		_ = cmd.Wait()
 	}
 	return os.RemoveAll(f.dir(id))
 }
@@ -239,4 +252,44 @@ func (f *Fake) Agent(id string) *agentapi.Client {
 		f.clients[id] = c
 	}
 	return c
+}
+
+// descendants returns the pids of every process below pid, read from /proc.
+func descendants(pid int) []int {
+	children := map[int][]int{}
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		p, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile("/proc/" + e.Name() + "/stat")
+		if err != nil {
+			continue
+		}
+		// The command name (field 2) may hold spaces and parentheses: parse after the last ')'.
+		s := string(b)
+		i := strings.LastIndexByte(s, ')')
+		if i < 0 {
+			continue
+		}
+		f := strings.Fields(s[i+1:])
+		if len(f) < 2 {
+			continue
+		}
+		if ppid, err := strconv.Atoi(f[1]); err == nil {
+			children[ppid] = append(children[ppid], p)
+		}
+	}
+	var out []int
+	queue := []int{pid}
+	for len(queue) > 0 {
+		p := queue[0]
+		queue = queue[1:]
+		for _, c := range children[p] {
+			out = append(out, c)
+			queue = append(queue, c)
+		}
+	}
+	return out
 }
