@@ -5,10 +5,12 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"io"
 	"time"
 
 	"github.com/sessiond/sessiond/internal/bench"
 	"github.com/sessiond/sessiond/internal/pool"
+	"github.com/sessiond/sessiond/internal/sandbox"
 )
 
 func cmdBench(ctx context.Context, g *globals, args []string) error {
@@ -41,31 +43,13 @@ func benchSandbox(ctx context.Context, g *globals, args []string) error {
 	if err := fs.Parse(args); err != nil {
 		return usageError{err.Error()}
 	}
-	names := runtimeNames()
-	if sf.runtime != "" {
-		names = []string{sf.runtime}
+	results, err := eachRuntime(ctx, g, sf, func(rt sandbox.Runtime, spec sandbox.Spec) (bench.SandboxResult, error) {
+		return bench.Sandbox(ctx, rt, bench.SandboxConfig{Spec: spec, Creates: *creates, Execs: *execs, Idle: *idle})
+	})
+	if err != nil {
+		return err
 	}
-	var results []bench.SandboxResult
-	for _, name := range names {
-		sf.runtime = name
-		rt, spec, err := sf.spec(ctx, g)
-		if err != nil {
-			return err
-		}
-		spec.Labels = map[string]string{"created-by": "sessiond bench"}
-		res, err := bench.Sandbox(ctx, rt, bench.SandboxConfig{Spec: spec, Creates: *creates, Execs: *execs, Idle: *idle})
-		if err != nil {
-			return fmt.Errorf("bench %s: %w", name, err)
-		}
-		results = append(results, res)
-	}
-	if *output == "json" {
-		enc := json.NewEncoder(g.Stdout)
-		enc.SetIndent("", "  ")
-		return enc.Encode(results)
-	}
-	bench.WriteSandboxTable(g.Stdout, results)
-	return nil
+	return writeResults(g, *output, results, func(w io.Writer) { bench.WriteSandboxTable(w, results) })
 }
 
 // benchAPI measures a running server through its Azure-compatible API.
@@ -90,13 +74,7 @@ func benchAPI(ctx context.Context, g *globals, args []string) error {
 	if err != nil {
 		return err
 	}
-	if *output == "json" {
-		enc := json.NewEncoder(g.Stdout)
-		enc.SetIndent("", "  ")
-		return enc.Encode(res)
-	}
-	bench.WriteAPITable(g.Stdout, res)
-	return nil
+	return writeResults(g, *output, res, func(w io.Writer) { bench.WriteAPITable(w, res) })
 }
 
 // benchKernel measures the code interpreter in each runtime (or the one chosen).
@@ -112,31 +90,13 @@ func benchKernel(ctx context.Context, g *globals, args []string) error {
 	if err := fs.Parse(args); err != nil {
 		return usageError{err.Error()}
 	}
-	names := runtimeNames()
-	if sf.runtime != "" {
-		names = []string{sf.runtime}
+	results, err := eachRuntime(ctx, g, sf, func(rt sandbox.Runtime, spec sandbox.Spec) (bench.KernelResult, error) {
+		return bench.Kernel(ctx, rt, bench.KernelConfig{Spec: spec, WarmupCode: *warmup, Creates: *creates, Execs: *execs})
+	})
+	if err != nil {
+		return err
 	}
-	var results []bench.KernelResult
-	for _, name := range names {
-		sf.runtime = name
-		rt, spec, err := sf.spec(ctx, g)
-		if err != nil {
-			return err
-		}
-		spec.Labels = map[string]string{"created-by": "sessiond bench"}
-		res, err := bench.Kernel(ctx, rt, bench.KernelConfig{Spec: spec, WarmupCode: *warmup, Creates: *creates, Execs: *execs})
-		if err != nil {
-			return fmt.Errorf("bench %s: %w", name, err)
-		}
-		results = append(results, res)
-	}
-	if *output == "json" {
-		enc := json.NewEncoder(g.Stdout)
-		enc.SetIndent("", "  ")
-		return enc.Encode(results)
-	}
-	bench.WriteKernelTable(g.Stdout, results)
-	return nil
+	return writeResults(g, *output, results, func(w io.Writer) { bench.WriteKernelTable(w, results) })
 }
 
 // benchPool fills an in-process pool on a real runtime and bursts new identifiers at it.
@@ -166,11 +126,40 @@ func benchPool(ctx context.Context, g *globals, args []string) error {
 	if err != nil {
 		return err
 	}
-	if *output == "json" {
+	return writeResults(g, *output, res, func(w io.Writer) { bench.WritePoolTable(w, res) })
+}
+
+// eachRuntime runs measure on every registered runtime, or on the one sf names, with a
+// sandbox spec built from sf.
+func eachRuntime[R any](ctx context.Context, g *globals, sf specFlags, measure func(sandbox.Runtime, sandbox.Spec) (R, error)) ([]R, error) {
+	names := runtimeNames()
+	if sf.runtime != "" {
+		names = []string{sf.runtime}
+	}
+	var results []R
+	for _, name := range names {
+		sf.runtime = name
+		rt, spec, err := sf.spec(ctx, g)
+		if err != nil {
+			return nil, err
+		}
+		spec.Labels = map[string]string{"created-by": "sessiond bench"}
+		res, err := measure(rt, spec)
+		if err != nil {
+			return nil, fmt.Errorf("bench %s: %w", name, err)
+		}
+		results = append(results, res)
+	}
+	return results, nil
+}
+
+// writeResults prints v as indented JSON, or as table writes it.
+func writeResults(g *globals, output string, v any, table func(io.Writer)) error {
+	if output == "json" {
 		enc := json.NewEncoder(g.Stdout)
 		enc.SetIndent("", "  ")
-		return enc.Encode(res)
+		return enc.Encode(v)
 	}
-	bench.WritePoolTable(g.Stdout, res)
+	table(g.Stdout)
 	return nil
 }
