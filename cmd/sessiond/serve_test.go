@@ -29,6 +29,7 @@ func TestServeEndToEnd(t *testing.T) {
 	// cooldown is long enough for the steps before the expiry check to run on a busy
 	// 2-core machine under gVisor, and short enough to wait for.
 	const cooldown = 8 * time.Second
+	const maxAlive = 5 * time.Second
 	if testing.Short() {
 		t.Skip("starts real sandboxes")
 	}
@@ -62,9 +63,15 @@ func TestServeEndToEnd(t *testing.T) {
 				sandboxtest.SkipOrFail(t, "%s unavailable: %v", rtName, err)
 			}
 			specs := []pool.Spec{{
-				Name: "py-" + rtName, ContainerType: pool.PythonLTS, MaxConcurrentSessions: 3, ReadySessionInstances: 2,
+				Name: "py-" + rtName, ContainerType: pool.PythonLTS, MaxConcurrentSessions: 3, ReadySessionInstances: 3,
 				LifecycleType: "Timed", CooldownPeriod: cooldown, Runtime: rtName, Image: img.Name,
 				WarmupCode: pool.DefaultWarmupCode, ExecutionTimeoutCap: 30 * time.Second,
+			}, {
+				// Max-alive: a session in use all along still ends maxAlivePeriod after it
+				// was allocated.
+				Name: "ma-" + rtName, ContainerType: pool.PythonLTS, MaxConcurrentSessions: 2, ReadySessionInstances: 1,
+				LifecycleType: "Timed", CooldownPeriod: time.Minute, MaxAlivePeriod: maxAlive, Runtime: rtName,
+				Image: img.Name, WarmupCode: "None", ExecutionTimeoutCap: 30 * time.Second,
 			}, {
 				Name: "sh-" + rtName, ContainerType: pool.Shell, MaxConcurrentSessions: 2, ReadySessionInstances: 1,
 				LifecycleType: "Timed", CooldownPeriod: time.Minute, Runtime: rtName, Image: img.Name,
@@ -85,7 +92,7 @@ func TestServeEndToEnd(t *testing.T) {
 			}()
 			py := srv.URL + "/subscriptions/local/resourceGroups/local/sessionPools/py-" + rtName
 			sh := srv.URL + "/pools/sh-" + rtName
-			waitReady(t, cp, "py-"+rtName, 2)
+			waitReady(t, cp, "py-"+rtName, 3) // alice, bob and carol below never wait for a start
 
 			// LangChain's legacy execute on a new identifier.
 			var legacy struct {
@@ -162,11 +169,12 @@ func TestServeEndToEnd(t *testing.T) {
 				t.Errorf("metadata = %+v", md)
 			}
 
-			// The cap: two sessions exist (kept alive by a request each), a third fits, a
-			// fourth gets 429.
+			// The cap: two sessions exist, a third fits, a fourth gets 429. The third may wait
+			// for a cold start longer than the cooldown on a loaded machine, so the first two
+			// are kept alive by a request each just before the fourth.
+			do(t, "POST", py+"/executions?api-version=2025-10-02-preview&identifier=carol-3", `{"code":"1"}`, 200, nil)
 			do(t, "GET", py+"/session?api-version=2025-02-02-preview&identifier=alice-1", "", 200, nil)
 			do(t, "GET", py+"/session?api-version=2025-02-02-preview&identifier=bob-22", "", 200, nil)
-			do(t, "POST", py+"/executions?api-version=2025-10-02-preview&identifier=carol-3", `{"code":"1"}`, 200, nil)
 			resp, err = http.Post(py+"/executions?api-version=2025-10-02-preview&identifier=dave-44", "application/json", strings.NewReader(`{"code":"1"}`))
 			if err != nil {
 				t.Fatal(err)
@@ -189,6 +197,24 @@ func TestServeEndToEnd(t *testing.T) {
 			do(t, "POST", py+"/executions?api-version=2025-10-02-preview&identifier=alice-1", `{"code":"'x' in globals()"}`, 200, &ex)
 			if string(ex.Result.ExecutionResult) != "false" {
 				t.Errorf("expired identifier kept its state: %+v", ex)
+			}
+
+			// Max-alive, with a request every second keeping the session from idling.
+			ma := srv.URL + "/pools/ma-" + rtName
+			waitReady(t, cp, "ma-"+rtName, 1)
+			do(t, "POST", ma+"/executions?api-version=2025-10-02-preview&identifier=long-lived", `{"code":"y = 1"}`, 200, &ex)
+			start := time.Now()
+			for time.Since(start) < maxAlive+3*time.Second {
+				time.Sleep(time.Second)
+				do(t, "POST", ma+"/executions?api-version=2025-10-02-preview&identifier=long-lived", `{"code":"'y' in globals()"}`, 200, &ex)
+				if string(ex.Result.ExecutionResult) == "false" {
+					break
+				}
+			}
+			if string(ex.Result.ExecutionResult) != "false" {
+				t.Errorf("a session in constant use outlived maxAlivePeriod %v", maxAlive)
+			} else if d := time.Since(start); d < maxAlive-time.Second {
+				t.Errorf("session ended after %v, before maxAlivePeriod %v", d, maxAlive)
 			}
 
 			// A Shell pool.

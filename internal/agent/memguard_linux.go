@@ -50,15 +50,12 @@ func (a *Agent) runMemGuard(ctx context.Context, limit int64) {
 			return
 		case <-t.C:
 		}
-		total, ok := usedMemory()
-		if ok {
-			interval = memGuardInterval(total, limit)
-		} else {
-			interval = memGuardInterval(limit, limit) // unknown: sample often
-		}
-		if ok && total <= limit {
-			continue
-		}
+		// Two estimates of the sandbox's use, each too high in its own way: the sum of
+		// resident sizes counts pages shared between processes once per process (forked
+		// workers), and gVisor's accounting still holds memory for a while after the
+		// process that used it died (so the next process would be blamed). The smaller of
+		// the two is what is really in use.
+		used, ok := usedMemory()
 		victim, victimRSS, rssTotal := 0, int64(0), int64(0)
 		ents, err := os.ReadDir("/proc")
 		if err != nil {
@@ -75,9 +72,11 @@ func (a *Agent) runMemGuard(ctx context.Context, limit int64) {
 				victim, victimRSS = pid, rss
 			}
 		}
-		if !ok {
-			total = rssTotal // no meminfo: resident sizes, which count shared pages repeatedly
+		total := rssTotal
+		if ok {
+			total = min(used, rssTotal)
 		}
+		interval = memGuardInterval(total, limit)
 		if total > limit && victim > 0 {
 			a.log.Warn("memory limit reached: killing the largest process", "pid", victim,
 				"rss", victimRSS, "total", total, "limit", limit)
