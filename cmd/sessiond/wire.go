@@ -157,7 +157,8 @@ func newControlPlane(ctx context.Context, g *globals, specs []pool.Spec) (cp *co
 			return nil, fmt.Errorf("pool %s: %w", spec.Name, err)
 		}
 		h := &poolHandle{runtime: rt.Name(), image: img, created: time.Now().UTC()}
-		opts := pool.Options{Runtime: rt, RootFS: img.RootFS, Env: img.Config.Env, Log: g.Log, Prepare: h.prepare(spec)}
+		opts := pool.Options{Runtime: rt, RootFS: img.RootFS, Env: img.Config.Env, Log: g.Log, Prepare: h.prepare(spec),
+			RefillDelay: refillDelay}
 		if spec.ContainerType == pool.PythonLTS {
 			opts.Kernel = "python3"
 		}
@@ -201,6 +202,10 @@ func (cp *controlPlane) Close(ctx context.Context) error {
 	}
 	return errors.Join(errs...)
 }
+
+// refillDelay lets the first execution of a new session finish before the replacement of
+// its sandbox starts competing for the CPU (docs/BENCHMARKS.md: the new-session overhead).
+const refillDelay = 300 * time.Millisecond
 
 // warmupTimeout bounds a sandbox's warm-up (importing the scientific stack under gVisor on
 // a busy 2-core machine takes a few seconds).

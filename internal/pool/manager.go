@@ -63,6 +63,11 @@ type Options struct {
 	Env []string
 	// RefillParallelism bounds concurrent sandbox creates (DefaultRefillParallelism if 0).
 	RefillParallelism int
+	// RefillDelay postpones replacing a ready sandbox that a new identifier took while
+	// ready ones remain, so that the request that took it is not slowed down by the start
+	// of its replacement (on a small machine a start takes the CPU for a second or two).
+	// 0: refill at once. Cold starts for waiting requests are never delayed.
+	RefillDelay time.Duration
 	// HealthInterval is how often each live sandbox's agent is health-checked
 	// (DefaultHealthInterval if 0; negative disables health checks).
 	HealthInterval time.Duration
@@ -194,6 +199,7 @@ func New(spec Spec, opts Options) (*Manager, error) {
 		ProbeRetry:         min(probeRetry, max(opts.HealthInterval, time.Millisecond)),
 		DeadAfter:          probeDeadAfter,
 		SurplusGrace:       surplusGrace,
+		RefillDelay:        opts.RefillDelay,
 	}
 	life, cancel := context.WithCancel(context.Background())
 	m := &Manager{

@@ -37,6 +37,7 @@ func TestPropertiesOfThePool(t *testing.T) {
 			ProbeRetry:         time.Second,
 			DeadAfter:          2,
 			SurplusGrace:       30 * time.Second,
+			RefillDelay:        rapid.SampledFrom([]time.Duration{0, 300 * time.Millisecond}).Draw(t, "refillDelay"),
 		}
 		s := newSim(p)
 		ok := func(err error) {

@@ -30,6 +30,9 @@ type policy struct {
 	// Destroying them at once would waste the very sandbox a retrying client is about to
 	// ask for again.
 	SurplusGrace time.Duration
+	// RefillDelay: while ready sandboxes remain and nobody waits for a cold start, no
+	// create is issued before LastDemand + RefillDelay (Options.RefillDelay).
+	RefillDelay time.Duration
 }
 
 // sbView is one sandbox as reconcile sees it.
@@ -185,8 +188,12 @@ func reconcile(p policy, obs observed, fl inFlight, now time.Time) []action {
 		room := s.MaxConcurrentSessions + s.ReadySessionInstances - (ready + pending + allocated)
 		slots := p.CreateParallelism - fl.Creates
 		if n := min(want, room, slots); n > 0 {
-			if obs.CreateAfter.After(now) {
-				later(obs.CreateAfter)
+			at := obs.CreateAfter
+			if d := obs.LastDemand.Add(p.RefillDelay); p.RefillDelay > 0 && obs.Waiting == 0 && ready > 0 && d.After(at) {
+				at = d
+			}
+			if at.After(now) {
+				later(at)
 			} else {
 				for range n {
 					acts = append(acts, action{Kind: actCreate})
