@@ -160,13 +160,19 @@ func API(ctx context.Context, c *APIClient, cfg APIConfig, progress io.Writer) (
 	var warm []time.Duration
 	for len(warm) < cfg.Warm {
 		n := min(cfg.WarmBatch, cfg.Warm-len(warm))
+		var round []string
 		for i := 0; i < n; i++ {
 			id := NewIdentifier("bench-warm-")
+			round = append(round, id)
 			d, err := c.Execute(ctx, id, "1+1", "2")
 			if err != nil {
 				return res, fmt.Errorf("first execution: %w", err)
 			}
 			warm = append(warm, d)
+		}
+		// Sessions are deleted after the round, not between its requests, so that no
+		// sandbox teardown runs under the next measurement.
+		for _, id := range round {
 			if err := c.DeleteSession(ctx, id); err != nil {
 				return res, err
 			}
