@@ -39,7 +39,7 @@ smoke: build deps image-small
 
 ## test: every test, against real runc and runsc sandboxes (fails rather than skips)
 test: build deps image-small
-	SESSIOND_TEST_REQUIRE=1 SESSIOND_DATA_DIR=$(DATA_DIR) $(GO) test -race -timeout $(TEST_TIMEOUT) ./...
+	SESSIOND_TEST_REQUIRE=1 SESSIOND_DATA_DIR=$(DATA_DIR) $(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) ./...
 
 ## test-short: the tests that need no sandbox
 test-short:
