@@ -123,6 +123,9 @@ type poolHandle struct {
 	runtime string
 	image   image.Image
 	created time.Time
+	// packages lists the image's Python distributions, read once on first use: the image
+	// never changes under a pool.
+	packages func() []pool.NameVersion
 
 	mu sync.Mutex
 	// kernel is the kernel of the first warmed-up sandbox. Guarded by mu.
@@ -156,7 +159,14 @@ func newControlPlane(ctx context.Context, g *globals, specs []pool.Spec) (cp *co
 			}
 			return nil, fmt.Errorf("pool %s: %w", spec.Name, err)
 		}
-		h := &poolHandle{runtime: rt.Name(), image: img, created: time.Now().UTC()}
+		h := &poolHandle{runtime: rt.Name(), image: img, created: time.Now().UTC(),
+			packages: sync.OnceValue(func() []pool.NameVersion {
+				var ps []pool.NameVersion
+				for _, p := range image.PythonPackages(img.RootFS) {
+					ps = append(ps, pool.NameVersion{Name: p.Name, Version: p.Version})
+				}
+				return ps
+			})}
 		opts := pool.Options{Runtime: rt, RootFS: img.RootFS, Env: img.Config.Env, Log: g.Log, Prepare: h.prepare(spec),
 			RefillDelay: refillDelay}
 		if spec.ContainerType == pool.PythonLTS {
@@ -252,10 +262,7 @@ func warmupHook(spec pool.Spec, onKernel func(agentapi.KernelInfo)) func(context
 
 // Metadata implements api.Pool: the image's runtimes and packages, and the kernel.
 func (h *poolHandle) Metadata(ctx context.Context) (pool.Metadata, error) {
-	md := pool.Metadata{CreatedAt: h.created, UpdatedAt: h.created}
-	for _, p := range image.PythonPackages(h.image.RootFS) {
-		md.Packages = append(md.Packages, pool.NameVersion{Name: p.Name, Version: p.Version})
-	}
+	md := pool.Metadata{CreatedAt: h.created, UpdatedAt: h.created, Packages: h.packages()}
 	h.mu.Lock()
 	if h.kernel != nil {
 		k := *h.kernel

@@ -72,7 +72,7 @@ func partialStream(b []byte) (Stream, bool) {
 // cut anywhere: an escape or UTF-8 sequence cut short at the end is dropped.
 func partialString(b []byte) (string, bool) {
 	end := len(b)
-	lastU := -1 // start of the last complete \uXXXX escape
+	lastU := -1 // index of the last complete six-byte unicode escape, -1 if none
 	closed := false
 	for i := 0; i < len(b); {
 		switch c := b[i]; {

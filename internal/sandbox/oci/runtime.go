@@ -600,24 +600,8 @@ func (r *Runtime) Destroy(ctx context.Context, id string) error {
 // killBundleProcesses kills host processes whose command line mentions the bundle
 // directory: gVisor's sandbox and gofer processes are started with it.
 func killBundleProcesses(dir string) {
-	ents, err := os.ReadDir("/proc")
-	if err != nil {
-		return
-	}
-	needle := []byte(dir + "\x00")
-	self := os.Getpid()
-	for _, e := range ents {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil || pid == self {
-			continue
-		}
-		b, err := os.ReadFile("/proc/" + e.Name() + "/cmdline")
-		if err != nil {
-			continue
-		}
-		if containsArg(b, needle) {
-			_ = syscall.Kill(pid, syscall.SIGKILL)
-		}
+	for _, pid := range bundleProcesses(dir) {
+		_ = syscall.Kill(pid, syscall.SIGKILL)
 	}
 }
 
@@ -649,17 +633,19 @@ func (r *Runtime) Stats(ctx context.Context, id string) (sandbox.Stats, error) {
 	return st, nil
 }
 
-// bundleProcesses lists host pids whose command line mentions dir.
+// bundleProcesses lists host pids, other than this process's, whose command line
+// mentions dir.
 func bundleProcesses(dir string) []int {
 	ents, err := os.ReadDir("/proc")
 	if err != nil {
 		return nil
 	}
 	needle := []byte(dir + "\x00")
+	self := os.Getpid()
 	var pids []int
 	for _, e := range ents {
 		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
+		if err != nil || pid == self {
 			continue
 		}
 		if b, err := os.ReadFile("/proc/" + e.Name() + "/cmdline"); err == nil && containsArg(b, needle) {

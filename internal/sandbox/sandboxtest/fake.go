@@ -46,7 +46,10 @@ type Fake struct {
 
 var _ sandbox.Runtime = (*Fake)(nil)
 
-var fakeIDPattern = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,39}$`)
+var (
+	fakeIDPattern  = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,39}$`)
+	fakeEnvPattern = regexp.MustCompile(`^[^=]+=`)
+)
 
 func (f *Fake) init() {
 	if f.procs == nil {
@@ -85,7 +88,7 @@ func (f *Fake) Create(ctx context.Context, spec sandbox.Spec) (sandbox.Info, err
 		return sandbox.Info{}, errkind.New(errkind.Invalid, "bad limits %+v", spec.Limits)
 	}
 	for _, e := range spec.Env {
-		if !regexp.MustCompile(`^[^=]+=`).MatchString(e) {
+		if !fakeEnvPattern.MatchString(e) {
 			return sandbox.Info{}, errkind.New(errkind.Invalid, "environment entry %q", e)
 		}
 	}
