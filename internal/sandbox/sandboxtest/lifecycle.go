@@ -193,12 +193,15 @@ func (s *suite) testFilesEscape(t *testing.T) {
 			t.Errorf("Download(%q) succeeded (%d bytes), want an error", p, len(b))
 		}
 	}
-	for _, p := range []string{"root/tmp/x", "up/tmp/x", "d/etc/x", "../x", "/tmp/x"} {
+	// A name of its own, so that the check below cannot see an unrelated file (the Fake
+	// runtime's "sandbox" is the host).
+	x := marker()
+	for _, p := range []string{"root/tmp/" + x, "up/tmp/" + x, "d/etc/" + x, "../" + x, "/tmp/" + x} {
 		if _, err := ag.Upload(ctx, p, strings.NewReader("pwned"), 5); err == nil {
 			t.Errorf("Upload(%q) succeeded, want an error", p)
 		}
 	}
-	if r := s.sh(t, info.ID, "test -e /tmp/x || test -e /etc/x"); r.ExitCode == 0 {
+	if r := s.sh(t, info.ID, "test -e /tmp/"+x+" || test -e /etc/"+x); r.ExitCode == 0 {
 		t.Errorf("an upload escaped /mnt/data")
 	}
 	// The legitimate paths work.
