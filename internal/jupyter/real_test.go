@@ -2,6 +2,7 @@ package jupyter
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -33,40 +34,66 @@ func ipykernelPython(t testing.TB) string {
 }
 
 // startRealKernel starts ipykernel and returns a ready client; cleanup stops both.
+// A kernel that exits before answering (another process took one of its ports between
+// FreePorts and its bind) is started again on fresh ports, as the agent does.
 func startRealKernel(t *testing.T) *Client {
 	t.Helper()
+	for attempt := 1; ; attempt++ {
+		c, err := tryRealKernel(t)
+		if err == nil {
+			return c
+		}
+		if attempt == 3 {
+			t.Fatal(err)
+		}
+		t.Logf("attempt %d: %v; retrying", attempt, err)
+	}
+}
+
+func tryRealKernel(t *testing.T) (*Client, error) {
 	py := ipykernelPython(t)
 	ports, err := FreePorts()
 	if err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
 	info, err := NewConnectionInfo(ports)
 	if err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
 	cf := filepath.Join(t.TempDir(), "kernel.json")
 	if err := info.WriteFile(cf, false, 0, 0); err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
 	cmd := exec.Command(py, "-m", "ipykernel_launcher", "-f", cf)
 	cmd.Env = append(os.Environ(), "PYDEVD_DISABLE_FILE_VALIDATION=1", "MPLBACKEND=module://matplotlib_inline.backend_inline")
 	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
-	var once sync.Once
-	stop := func() { once.Do(func() { cmd.Process.Kill(); cmd.Wait() }) }
-	t.Cleanup(stop)
+	exited := make(chan struct{})
+	go func() { cmd.Wait(); close(exited) }()
+	stop := func() { cmd.Process.Kill(); <-exited }
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
+	go func() {
+		select {
+		case <-exited:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
 	c, err := Dial(ctx, info, Options{})
 	if err != nil {
-		t.Fatal(err)
+		stop()
+		return nil, fmt.Errorf("dialling the kernel: %w", err)
 	}
-	t.Cleanup(func() { c.Close() })
 	if _, err := c.WaitReady(ctx); err != nil {
-		t.Fatal(err)
+		c.Close()
+		stop()
+		return nil, fmt.Errorf("waiting for the kernel: %w", err)
 	}
-	return c
+	t.Cleanup(stop)
+	t.Cleanup(func() { c.Close() })
+	return c, nil
 }
 
 func TestRealKernel(t *testing.T) {
