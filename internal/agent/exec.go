@@ -121,6 +121,11 @@ func (a *Agent) handleExec(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
+	if r.Context().Err() != nil {
+		// Killed because the client went away or the agent is stopping: what ran was
+		// cut short by us, not by the command, so no result stands for it.
+		return errkind.New(errkind.Unavailable, "the command was killed: the agent is shutting down")
+	}
 	return writeJSON(w, http.StatusOK, res)
 }
 
