@@ -1,6 +1,7 @@
 package sandboxtest
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -211,7 +212,7 @@ func (f *Fake) Destroy(ctx context.Context, id string) error {
 	pid := 0
 	if cmd != nil {
 		pid = cmd.Process.Pid
-	} else if info, err := readFakeRecord(f.dir(id)); err == nil && info.PID > 0 {
+	} else if info, err := readFakeRecord(f.dir(id)); err == nil && info.PID > 0 && isAgentOf(info.PID, f.dir(id)) {
 		pid = info.PID // started by another Fake (a "previous control plane")
 	}
 	if pid > 0 {
@@ -295,4 +296,12 @@ func descendants(pid int) []int {
 		}
 	}
 	return out
+}
+
+// isAgentOf reports whether pid is still the agent serving the sandbox in dir: a
+// recorded pid may have ended and been reused by an unrelated process (pids wrap on a
+// busy machine), which must not be killed in its place.
+func isAgentOf(pid int, dir string) bool {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cmdline")
+	return err == nil && bytes.Contains(b, []byte(dir+"/"))
 }
