@@ -22,6 +22,7 @@ func cmdServe(ctx context.Context, g *globals, args []string) error {
 	listen := fs.String("listen", "127.0.0.1:8080", "address to serve HTTP on")
 	configFile := fs.String("config", "", "pool configuration file (YAML or JSON); default: one PythonLTS pool named default")
 	shutdownTimeout := fs.Duration("shutdown-timeout", 30*time.Second, "how long in-flight requests get to finish on shutdown")
+	fs.StringVar(&g.DataDir, "data-dir", g.DataDir, "directory for images, sandbox state and the store (same as the global -data-dir)")
 	if err := fs.Parse(args); err != nil {
 		return usageError{err.Error()}
 	}
