@@ -92,7 +92,9 @@ func startKernelAgent(t testing.TB, want ...string) *testAgent {
 		os.Chown(a.cfg.Home, agentapi.UserUID, agentapi.UserGID)
 	}
 	a.kernelArgv = func(connFile string) []string {
-		return []string{py, "-m", "ipykernel_launcher", "-f", connFile}
+		argv := pythonKernelArgv(connFile)
+		argv[0] = py // the launcher the agent uses, with the host's Debian python3
+		return argv
 	}
 	ta := serve(t, a, base)
 	waitKernel(t, ta, func(ki agentapi.KernelInfo) bool { return ki.State == "idle" })
@@ -169,6 +171,10 @@ func testKernelResults(t *testing.T) {
 		{code: "'nan'", jupyter: true, want: `"'nan'"`},
 		{code: "None", jupyter: true, want: `null`},
 		{code: "1+1", jupyter: true, want: `"2"`},
+		// The launcher: In works without the history database, and debugpy (kept out
+		// of ipykernel's start) is importable by user code.
+		{code: "In[1]", want: `"1+1"`},
+		{code: "import importlib.util; import sys; importlib.util.find_spec('debugpy') is not None and sys.modules.get('debugpy', 0) is not None", want: `true`},
 	} {
 		ex := run(t, ta, agentapi.ExecuteRequest{Code: tc.code, JupyterFormat: tc.jupyter})
 		if ex.Status != agentapi.StatusSucceeded || string(ex.Result) != tc.want || ex.Stdout != tc.stdout {

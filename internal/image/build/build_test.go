@@ -42,6 +42,7 @@ func TestArgs(t *testing.T) {
 		`--customize-hook=install -d -o 1000 -g 1000 -m 0755 "$1/mnt/data"`,
 		"--include=/w/sessiond-stub-gdb.deb",
 		"--hook-dir=/usr/share/mmdebstrap/hooks/file-mirror-automount",
+		`--customize-hook=chroot --userspec=1000:1000 "$1" env HOME=/home/user MPLBACKEND=Agg python3 -c "import matplotlib.pyplot"`,
 		`--customize-hook=chroot "$1" dpkg-query -W -f '${Package}\t${Version}\n' > /w/packages`,
 		"bookworm",
 		"-",

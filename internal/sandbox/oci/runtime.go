@@ -386,6 +386,9 @@ func (r *Runtime) prepare(dir string, spec sandbox.Spec, rec record) error {
 			return fmt.Errorf("setting owner of %s: %w", d.name, err)
 		}
 	}
+	if err := seedHome(spec.RootFS, filepath.Join(rw, "home"), int(user), int(user)); err != nil {
+		return err
+	}
 	sock := filepath.Join(dir, "sock")
 	if err := os.Mkdir(sock, 0o700); err != nil {
 		return fmt.Errorf("creating socket directory: %w", err)
