@@ -93,10 +93,8 @@ type Async struct {
 	mu sync.Mutex
 	// pending holds the writes waiting for the writer, one per key. Guarded by mu.
 	pending map[Key]pendingOp
-	// inFlight counts the records of the batch being written, inFlightMin is the lowest
-	// seq among them. Guarded by mu.
-	inFlight    int
-	inFlightMin uint64
+	// inFlight counts the records of the batch being written. Guarded by mu.
+	inFlight int
 	// seq numbers the accepted writes: seq is the last one's. Every write numbered up to
 	// durable is durable (or was refused by the store and reported). durableCh is closed
 	// and replaced whenever durable advances. Guarded by mu.
@@ -113,6 +111,8 @@ type Async struct {
 	// Owned by the writer goroutine.
 	batch []pendingOp
 	ops   []Op
+	// spare is an empty map that take swaps with pending.
+	spare map[Key]pendingOp
 }
 
 // pendingOp is a held write. seq is the number of the oldest write to the key that is not
@@ -156,7 +156,7 @@ func NewAsync(st Store, opts AsyncOptions) (*Async, error) {
 	return &Async{st: st, opts: opts,
 		kick: make(chan struct{}, 1), quit: make(chan struct{}), done: make(chan struct{}),
 		life: life, cancel: cancel,
-		pending: map[Key]pendingOp{}, durableCh: make(chan struct{}),
+		pending: map[Key]pendingOp{}, spare: map[Key]pendingOp{}, durableCh: make(chan struct{}),
 	}, nil
 }
 
@@ -202,13 +202,12 @@ func (a *Async) Close(ctx context.Context) error {
 	err := a.Flush(ctx)
 	close(a.quit)
 	a.cancel()
-	if err == nil {
-		<-a.done // the writer is idle: it exits at once
-	}
 	if err != nil {
 		a.closeErr = fmt.Errorf("closing write-behind store: %w", err)
+		return a.closeErr
 	}
-	return a.closeErr
+	<-a.done // the writer is idle: it exits at once
+	return nil
 }
 
 // Enqueue holds op for writing and returns at once. A write to a key already held replaces
@@ -363,30 +362,38 @@ func backoff(lo, hi time.Duration, failures int) time.Duration {
 }
 
 // take moves up to MaxBatch held writes, the oldest first, into a.batch. It reports
-// whether there is anything to write.
+// whether there is anything to write. The hot path waits for a.mu only for a swap of maps,
+// unless more than MaxBatch writes are held.
 func (a *Async) take() bool {
-	a.mu.Lock()
-	defer a.mu.Unlock()
 	a.batch = a.batch[:0]
+	a.mu.Lock()
+	n := len(a.pending)
+	if n == 0 {
+		a.mu.Unlock()
+		return false
+	}
+	if n <= a.opts.MaxBatch {
+		taken := a.pending
+		a.pending, a.spare = a.spare, nil
+		a.inFlight = n
+		a.mu.Unlock()
+		for _, p := range taken {
+			a.batch = append(a.batch, p)
+		}
+		clear(taken)
+		a.spare = taken
+		return true
+	}
+	defer a.mu.Unlock()
 	for _, p := range a.pending {
 		a.batch = append(a.batch, p)
 	}
-	if len(a.batch) == 0 {
-		return false
-	}
-	if len(a.batch) > a.opts.MaxBatch {
-		slices.SortFunc(a.batch, func(x, y pendingOp) int { return compareSeq(x.seq, y.seq) })
-		a.batch = a.batch[:a.opts.MaxBatch]
-		for _, p := range a.batch {
-			delete(a.pending, p.op.key)
-		}
-	} else {
-		clear(a.pending)
-	}
-	a.inFlight, a.inFlightMin = len(a.batch), a.batch[0].seq
+	slices.SortFunc(a.batch, func(x, y pendingOp) int { return compareSeq(x.seq, y.seq) })
+	a.batch = a.batch[:a.opts.MaxBatch]
 	for _, p := range a.batch {
-		a.inFlightMin = min(a.inFlightMin, p.seq)
+		delete(a.pending, p.op.key)
 	}
+	a.inFlight = len(a.batch)
 	return true
 }
 
@@ -428,7 +435,7 @@ func (a *Async) write() error {
 	clear(a.ops) // let go of the records' documents
 
 	a.mu.Lock()
-	a.inFlight, a.inFlightMin = 0, 0
+	a.inFlight = 0
 	a.stats.Dropped += dropped
 	if err != nil {
 		for _, p := range a.batch {
@@ -458,16 +465,14 @@ func (a *Async) write() error {
 	return err
 }
 
-// advanceLocked moves durable up to just below the oldest write not yet durable.
+// advanceLocked moves durable up to just below the oldest write not yet durable. It runs
+// between batches: nothing is in flight.
 //
 // Preconditions: a.mu is held.
 func (a *Async) advanceLocked() {
 	low := a.seq + 1
 	for _, p := range a.pending {
 		low = min(low, p.seq)
-	}
-	if a.inFlight > 0 {
-		low = min(low, a.inFlightMin)
 	}
 	if low-1 > a.durable {
 		a.durable = low - 1

@@ -9,8 +9,8 @@
 // an Async, which coalesces them and writes them behind in batches.
 //
 // The store knows nothing of pools' or sessions' semantics: a pool's properties are an
-// opaque JSON document, and states and statuses are strings. It imports errkind only; the
-// pool manager, the API and cmd/sessiond import it.
+// opaque JSON document, and states and statuses are strings. Of sessiond's packages it
+// imports only errkind; the pool manager, the API and cmd/sessiond import it.
 package store
 
 import (
