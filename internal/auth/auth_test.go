@@ -449,7 +449,7 @@ func pssSign(t *testing.T, input string) string {
 	return b64.EncodeToString(sig)
 }
 
-func mustJSON(t *testing.T, v any) []byte {
+func mustJSON(t testing.TB, v any) []byte {
 	t.Helper()
 	b, err := json.Marshal(v)
 	if err != nil {
