@@ -36,10 +36,8 @@ type Authenticator struct {
 	issuers  map[string]*issuer
 	keys     []apiKey
 	mappings []mapping
-	// roleClaims are searched by mappings that name no claim.
-	roleClaims []string
-	builtin    bool
-	now        func() time.Time
+	builtin  bool
+	now      func() time.Time
 }
 
 // issuer is a trusted issuer's state.
@@ -69,11 +67,10 @@ func New(cfg Config, log *slog.Logger) (*Authenticator, error) {
 	log = log.With("component", "auth")
 	cfg = cfg.withDefaults()
 	a := &Authenticator{
-		skew:       cfg.ClockSkew,
-		issuers:    map[string]*issuer{},
-		roleClaims: cfg.RoleClaims,
-		builtin:    *cfg.BuiltinRoleValues,
-		now:        time.Now,
+		skew:    cfg.ClockSkew,
+		issuers: map[string]*issuer{},
+		builtin: *cfg.BuiltinRoleValues,
+		now:     time.Now,
 	}
 	now := func() time.Time { return a.now() }
 	client := newFetchClient(cfg.KeyFetchTimeout)
