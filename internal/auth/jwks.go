@@ -159,7 +159,7 @@ type keySource struct {
 	inflight  chan struct{} // guarded by mu; closed when the running fetch ends
 }
 
-// lookup returns the keys with key ID kid (with an empty kid, every key).
+// lookupKeys returns the keys with key ID kid (with an empty kid, every key).
 func lookupKeys(keys []publicKey, kid string) []publicKey {
 	if kid == "" {
 		return keys
@@ -174,8 +174,8 @@ func lookupKeys(keys []publicKey, kid string) []publicKey {
 }
 
 // keysFor returns the keys that may have signed a token naming kid, fetching the key set
-// when needed. It returns an Unavailable error when the issuer's keys could never be
-// fetched, and no error but no keys when the key is unknown.
+// when needed. It returns an error when the issuer's keys have never been fetched and
+// the last try failed, and no error but no keys when the key is unknown.
 func (s *keySource) keysFor(ctx context.Context, kid string) ([]publicKey, error) {
 	s.mu.Lock()
 	waited := false
