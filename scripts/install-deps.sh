@@ -16,8 +16,9 @@ log() { echo "install-deps: $*" >&2; }
 
 need_pkgs=""
 # python3-ipykernel and friends on the host serve the fast tests that run real kernels
-# without a sandbox (sandboxtest.Fake); sandboxes get theirs from their image.
-for p in libseccomp-dev mmdebstrap iproute2 pkg-config gcc uidmap \
+# without a sandbox (sandboxtest.Fake); sandboxes get theirs from their image. openssl
+# signs tokens independently of Go in internal/auth's interop test.
+for p in libseccomp-dev mmdebstrap iproute2 pkg-config gcc uidmap openssl \
 	python3-ipykernel python3-jupyter-client python3-numpy python3-matplotlib python3-pandas \
 	python3-setuptools; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need_pkgs="$need_pkgs $p"

@@ -29,9 +29,14 @@ const (
 	Unavailable
 	// Timeout: a deadline passed.
 	Timeout
+	// Unauthenticated: the request carries no credentials, or credentials that are not
+	// valid (a malformed, expired or forged token; an unknown or revoked key).
+	Unauthenticated
+	// Forbidden: the caller is known but lacks the role the operation needs.
+	Forbidden
 )
 
-var names = [...]string{"internal", "not_found", "already_exists", "invalid", "limit_exceeded", "unavailable", "timeout"}
+var names = [...]string{"internal", "not_found", "already_exists", "invalid", "limit_exceeded", "unavailable", "timeout", "unauthenticated", "forbidden"}
 
 // String returns the kind's stable snake_case name, as used on the agent wire.
 func (k Kind) String() string {
