@@ -14,6 +14,7 @@ import (
 	"github.com/sessiond/sessiond/internal/agentapi"
 	"github.com/sessiond/sessiond/internal/errkind"
 	"github.com/sessiond/sessiond/internal/sandbox"
+	"github.com/sessiond/sessiond/internal/store"
 )
 
 // LabelPool is the sandbox label naming the pool a sandbox belongs to. Start destroys the
@@ -71,6 +72,20 @@ type Options struct {
 	// HealthInterval is how often each live sandbox's agent is health-checked
 	// (DefaultHealthInterval if 0; negative disables health checks).
 	HealthInterval time.Duration
+	// Recorder, if set, is told of every session's binding, use and end, behind the hot
+	// path (store.Async implements it): the record a restarted process adopts sessions
+	// from. Its errors are logged; they never fail a request.
+	Recorder Recorder
+	// Recovered are the sessions an earlier process recorded for this pool. Start adopts
+	// those whose sandbox still runs and answers, and destroys the pool's other sandboxes.
+	Recovered []store.Session
+}
+
+// Recorder keeps the record of a pool's sessions (store.Async implements it). Its calls
+// come from the pool's owner goroutine and must not wait for a disk.
+type Recorder interface {
+	PutSession(store.Session) error
+	DeleteSession(pool, identifier string) error
 }
 
 // Manager runs one pool: it keeps ReadySessionInstances sandboxes ready, binds them to
@@ -87,14 +102,16 @@ type Manager struct {
 	rt   sandbox.Runtime
 	// promoter is rt's optional Promoter: sandboxes warm up with a low CPU weight and get
 	// the full weight when bound to a session.
-	promoter sandbox.Promoter
-	rootFS   string
-	kernel   string
-	env      []string
-	clock    Clock
-	log      *slog.Logger
-	prepare  func(ctx context.Context, info sandbox.Info, agent *agentapi.Client) error
-	newID    func() string
+	promoter  sandbox.Promoter
+	rootFS    string
+	kernel    string
+	env       []string
+	clock     Clock
+	log       *slog.Logger
+	prepare   func(ctx context.Context, info sandbox.Info, agent *agentapi.Client) error
+	newID     func() string
+	recorder  Recorder
+	recovered []store.Session
 
 	reqs   chan func() bool // run on the owner goroutine; true: reconcile after it
 	events chan event       // results of runtime calls
@@ -205,7 +222,7 @@ func New(spec Spec, opts Options) (*Manager, error) {
 	m := &Manager{
 		spec: spec, pol: pol, rt: opts.Runtime, promoter: promoterOf(opts.Runtime), rootFS: opts.RootFS, kernel: opts.Kernel, env: opts.Env, clock: opts.Clock,
 		log:     opts.Log.With("component", "pool", "pool", spec.Name),
-		prepare: opts.Prepare, newID: newSandboxID,
+		prepare: opts.Prepare, newID: newSandboxID, recorder: opts.Recorder, recovered: opts.Recovered,
 		reqs: make(chan func() bool), events: make(chan event, 16), wake: make(chan struct{}, 1),
 		quit: make(chan struct{}), done: make(chan struct{}),
 		life: life, cancel: cancel,
@@ -226,9 +243,10 @@ func newSandboxID() string {
 // Spec returns the pool's spec (with defaults applied).
 func (m *Manager) Spec() Spec { return m.spec }
 
-// Start destroys the sandboxes an earlier process left labelled with this pool's name,
-// then starts the owner goroutine, which fills the ready queue. It fails if the leftovers
-// cannot be listed or destroyed, or if the manager was started or closed before.
+// Start adopts the sessions of Options.Recovered whose sandboxes still run, destroys the
+// other sandboxes an earlier process left labelled with this pool's name, then starts the
+// owner goroutine, which fills the ready queue. It fails if the leftovers cannot be
+// listed or destroyed, or if the manager was started or closed before.
 func (m *Manager) Start(ctx context.Context) error {
 	m.lifeMu.Lock()
 	defer m.lifeMu.Unlock()
@@ -247,16 +265,41 @@ func (m *Manager) Start(ctx context.Context) error {
 	return nil
 }
 
-// reap destroys the pool's leftover sandboxes. (sandbox.Recover would destroy the other
-// pools' sandboxes too: they share the runtime.)
+// reap adopts the recovered sessions whose sandboxes answer and destroys the pool's other
+// leftover sandboxes. (sandbox.Recover would destroy the other pools' sandboxes too: they
+// share the runtime.) It runs before the owner goroutine starts.
 func (m *Manager) reap(ctx context.Context) error {
 	infos, err := m.rt.List(ctx)
 	if err != nil {
 		return fmt.Errorf("listing leftover sandboxes: %w", err)
 	}
+	live := map[string]bool{}
+	for _, i := range infos {
+		live[i.ID] = i.Labels[LabelPool] == m.spec.Name
+	}
+	adopted := map[string]bool{}
+	now := m.clock.Now()
+	for _, rec := range m.recovered {
+		if rec.Pool != m.spec.Name || adopted[rec.SandboxID] || m.st.byIdent[rec.Identifier] != nil {
+			continue
+		}
+		if !live[rec.SandboxID] {
+			m.log.Info("recorded session has no sandbox left", "session", rec.Identifier, "sandbox", rec.SandboxID)
+			m.forget(rec.Identifier)
+			continue
+		}
+		if _, err := m.rt.Attach(ctx, rec.SandboxID); err != nil {
+			m.log.Warn("cannot adopt recorded session", "session", rec.Identifier, "sandbox", rec.SandboxID, "err", err)
+			m.forget(rec.Identifier)
+			continue
+		}
+		m.st.adopt(rec.SandboxID, rec.Identifier, rec.CreatedAt, rec.LastRequestAt, now)
+		adopted[rec.SandboxID] = true
+	}
+	m.recovered = nil
 	var errs []error
 	for _, i := range infos {
-		if i.Labels[LabelPool] != m.spec.Name {
+		if i.Labels[LabelPool] != m.spec.Name || adopted[i.ID] {
 			continue
 		}
 		if err := m.rt.Destroy(ctx, i.ID); err != nil {
@@ -295,6 +338,23 @@ func (m *Manager) Close(ctx context.Context) error {
 	}
 	m.workers.Wait()
 	return m.closeErr
+}
+
+// Detach is Close for a restart: the allocated sessions are left running, with their
+// records, for the next process to adopt (Options.Recovered); ready and starting
+// sandboxes are destroyed. Requests fail with Unavailable from now on.
+func (m *Manager) Detach(ctx context.Context) error {
+	if m.started.Load() {
+		err := m.do(ctx, func() bool {
+			m.st.detach(m.clock.Now())
+			m.st.close()
+			return true
+		})
+		if err != nil && !errkind.Is(err, errkind.Unavailable) {
+			return fmt.Errorf("detaching session pool %s: %w", m.spec.Name, err)
+		}
+	}
+	return m.Close(ctx)
 }
 
 // Acquire returns a lease on identifier's session. An existing session is reused (its

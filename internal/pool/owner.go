@@ -9,6 +9,7 @@ import (
 
 	"github.com/sessiond/sessiond/internal/errkind"
 	"github.com/sessiond/sessiond/internal/sandbox"
+	"github.com/sessiond/sessiond/internal/store"
 )
 
 // This file is the owner goroutine's side of the Manager: its loop, the requests it
@@ -71,7 +72,31 @@ func (m *Manager) onAcquire(identifier string, create bool, reply chan acquireRe
 	}
 	reply <- acquireResult{lease: m.lease(b, false)}
 	m.touched(b, now)
+	m.record(b)
 	return false
+}
+
+// record tells the recorder of b's session as it is now.
+func (m *Manager) record(b *box) {
+	if m.recorder == nil {
+		return
+	}
+	si := m.st.info(b)
+	err := m.recorder.PutSession(store.Session{Pool: m.spec.Name, Identifier: si.Identifier, SandboxID: si.SandboxID,
+		Runtime: m.rt.Name(), State: string(si.State), CreatedAt: si.CreatedAt, LastRequestAt: si.LastAccessedAt, ExpiresAt: si.ExpiresAt})
+	if err != nil {
+		m.log.Warn("recording session", "session", si.Identifier, "err", err)
+	}
+}
+
+// forget tells the recorder that identifier's session has ended.
+func (m *Manager) forget(identifier string) {
+	if m.recorder == nil {
+		return
+	}
+	if err := m.recorder.DeleteSession(m.spec.Name, identifier); err != nil {
+		m.log.Warn("forgetting session", "session", identifier, "err", err)
+	}
 }
 
 // touched re-arms the timer after a request touched b's session, without a reconcile.
@@ -106,6 +131,7 @@ func (m *Manager) lease(b *box, isNew bool) *Lease {
 			now := m.clock.Now()
 			if b := m.st.release(id, now); b != nil {
 				m.touched(b, now)
+				m.record(b)
 			}
 			return false
 		})
@@ -213,6 +239,14 @@ func (m *Manager) flush() {
 	}
 	for _, t := range st.log {
 		m.logTransition(t)
+		switch {
+		case t.To == StateAllocated && t.From != StateAllocated:
+			if b := st.byID[t.ID]; b != nil && b.State == StateAllocated {
+				m.record(b)
+			}
+		case t.From == StateAllocated && t.To != StateAllocated:
+			m.forget(t.Identifier)
+		}
 		if st.closing && t.From == StateDeleting && t.To == StateDestroyed && t.Err != nil {
 			m.closeErrs = append(m.closeErrs, t.Err) // destroy given up
 		}
@@ -220,8 +254,7 @@ func (m *Manager) flush() {
 	st.bound, st.failed, st.gone, st.log = st.bound[:0], st.failed[:0], st.gone[:0], st.log[:0]
 }
 
-// logTransition logs one state change. It is where metrics and the session store will
-// hook in.
+// logTransition logs one state change.
 func (m *Manager) logTransition(t transition) {
 	attrs := []any{"sandbox", t.ID, "from", t.From, "to", t.To}
 	if t.Identifier != "" {

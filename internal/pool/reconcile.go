@@ -102,6 +102,10 @@ const (
 	reasonSurplus  = "surplus"
 	reasonClosing  = "closing"
 	reasonDeleted  = "deleted"
+	// reasonRecovered and reasonDetached mark sessions handed from one process to the
+	// next: adopted at Start, left running by Detach.
+	reasonRecovered = "recovered"
+	reasonDetached  = "detached"
 )
 
 type action struct {

@@ -357,6 +357,37 @@ func (st *state) drop(b *box) {
 	}
 }
 
+// adopt adds sandbox id, which an earlier process bound to identifier, as an allocated
+// session (recovery after a restart). Its cooldown and lifetime run on from the recorded
+// times; it is health-checked at once.
+//
+// Preconditions: id and identifier are new to the state.
+func (st *state) adopt(id, identifier string, allocatedAt, lastAccess, now time.Time) {
+	b := &box{sbView: sbView{ID: id, State: StateAllocated, Identifier: identifier,
+		AllocatedAt: allocatedAt, LastAccess: lastAccess, NextProbe: now}, bound: true}
+	st.boxes = append(st.boxes, b)
+	st.byID[id] = b
+	st.byIdent[identifier] = b
+	st.logf(now, b, "", reasonRecovered, nil)
+}
+
+// detach forgets the allocated sessions without destroying them, for a shutdown that
+// leaves them running for the next process to adopt. Their leases end unanswered; a
+// health check in flight is no longer waited for.
+func (st *state) detach(now time.Time) {
+	for _, b := range slices.Clone(st.boxes) {
+		if b.State != StateAllocated {
+			continue
+		}
+		if b.Probing {
+			b.Probing = false
+			st.fl.Probes--
+		}
+		st.drop(b)
+		st.log = append(st.log, transition{At: now, ID: b.ID, Identifier: b.Identifier, From: StateAllocated, To: StateAllocated, Reason: reasonDetached})
+	}
+}
+
 // close starts the shutdown: waiting requests fail, and from now on reconcile destroys
 // everything and creates nothing.
 func (st *state) close() {
