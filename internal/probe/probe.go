@@ -157,7 +157,7 @@ func (p Probe) Validate() error {
 		return invalid("", "exactly one of httpGet and tcpSocket must be set")
 	}
 	for _, r := range []struct {
-		field    string
+		field     string
 		v, lo, hi int
 	}{
 		{"initialDelaySeconds", p.InitialDelaySeconds, 0, MaxInitialDelaySeconds},
