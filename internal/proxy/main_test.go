@@ -108,9 +108,10 @@ func (f *front) lastErr() error {
 	return f.errs[len(f.errs)-1]
 }
 
-// to returns a resolve function that always picks s, for session "sess-1".
-func to(s *fakeSandbox) func(*http.Request) (*agentapi.Client, string, error) {
-	return func(*http.Request) (*agentapi.Client, string, error) { return s.ag, "sess-1", nil }
+// to returns a resolve function that always picks the sandbox behind ag, for session
+// "sess-1".
+func to(ag *agentapi.Client) func(*http.Request) (*agentapi.Client, string, error) {
+	return func(*http.Request) (*agentapi.Client, string, error) { return ag, "sess-1", nil }
 }
 
 func newProxy(t *testing.T, cfg Config) *Proxy {

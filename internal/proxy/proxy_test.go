@@ -45,7 +45,7 @@ func TestForward(t *testing.T) {
 		fmt.Fprintf(w, "got %d bytes", len(b))
 	}))
 	s := newSandbox(t)
-	f := newFront(t, newProxy(t, Config{}), port, to(s))
+	f := newFront(t, newProxy(t, Config{}), port, to(s.ag))
 
 	const query = "identifier=sess-1&api-version=2025-02-02-preview&x=a%20b"
 	req, _ := http.NewRequestWithContext(ctxFor(t, 30*time.Second), http.MethodPut, f.URL+poolPrefix+"/api/files/a%2Fb?"+query, strings.NewReader("the body"))
@@ -114,7 +114,7 @@ func TestServerSentEvents(t *testing.T) {
 		io.WriteString(w, "data: two\n\n")
 	}))
 	s := newSandbox(t)
-	f := newFront(t, newProxy(t, Config{}), port, to(s))
+	f := newFront(t, newProxy(t, Config{}), port, to(s.ag))
 	req, _ := http.NewRequestWithContext(ctxFor(t, 30*time.Second), http.MethodGet, f.URL+poolPrefix+"/events?identifier=sess-1", nil)
 	resp, err := client(t).Do(req)
 	if err != nil {
@@ -168,7 +168,7 @@ func TestWebSocket(t *testing.T) {
 		}
 	}))
 	s := newSandbox(t)
-	f := newFront(t, newProxy(t, Config{}), port, to(s))
+	f := newFront(t, newProxy(t, Config{}), port, to(s.ag))
 	ctx := ctxFor(t, 30*time.Second)
 	c, resp, err := websocket.Dial(ctx, "ws"+strings.TrimPrefix(f.URL, "http")+poolPrefix+"/ws?identifier=sess-1", &websocket.DialOptions{HTTPClient: client(t)})
 	if err != nil {
@@ -270,7 +270,7 @@ func TestLargeTransfers(t *testing.T) {
 		fmt.Fprint(w, n)
 	}))
 	s := newSandbox(t)
-	f := newFront(t, newProxy(t, Config{}), port, to(s))
+	f := newFront(t, newProxy(t, Config{}), port, to(s.ag))
 	runtime.GC()
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
@@ -376,7 +376,7 @@ func TestNoListener(t *testing.T) {
 	t.Parallel()
 	s := newSandbox(t)
 	port := freePort(t)
-	f := newFront(t, newProxy(t, Config{}), port, to(s))
+	f := newFront(t, newProxy(t, Config{}), port, to(s.ag))
 	if status, body := get(t, f, "/x?identifier=sess-1"); status != http.StatusServiceUnavailable {
 		t.Errorf("status %d %q, want 503", status, body)
 	}
@@ -394,7 +394,7 @@ func TestResponseHeaderTimeout(t *testing.T) {
 		}
 	}))
 	s := newSandbox(t)
-	f := newFront(t, newProxy(t, Config{ResponseHeaderTimeout: 300 * time.Millisecond}), port, to(s))
+	f := newFront(t, newProxy(t, Config{ResponseHeaderTimeout: 300 * time.Millisecond}), port, to(s.ag))
 	start := time.Now()
 	if status, body := get(t, f, "/slow"); status != http.StatusGatewayTimeout {
 		t.Errorf("status %d %q, want 504", status, body)
@@ -412,7 +412,7 @@ func TestSandboxGone(t *testing.T) {
 	port := backend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") }))
 	a, b := newSandbox(t), newSandbox(t)
 	p := newProxy(t, Config{})
-	fa, fb := newFront(t, p, port, to(a)), newFront(t, p, port, to(b))
+	fa, fb := newFront(t, p, port, to(a.ag)), newFront(t, p, port, to(b.ag))
 	for _, f := range []*front{fa, fb} {
 		if status, body := get(t, f, "/"); status != http.StatusOK || body != "ok" {
 			t.Fatalf("status %d %q", status, body)
@@ -443,7 +443,7 @@ func TestTunnelCap(t *testing.T) {
 		io.WriteString(w, "ok")
 	}))
 	s := newSandbox(t, "-max-tunnels", "2")
-	f := newFront(t, newProxy(t, Config{}), port, to(s))
+	f := newFront(t, newProxy(t, Config{}), port, to(s.ag))
 	var wg sync.WaitGroup
 	for range 2 {
 		wg.Go(func() {
@@ -506,7 +506,7 @@ func TestIdentifierHeaderConfigurable(t *testing.T) {
 	got := make(chan http.Header, 1)
 	port := backend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { got <- r.Header.Clone() }))
 	s := newSandbox(t)
-	f := newFront(t, newProxy(t, Config{IdentifierHeader: "X-Session"}), port, to(s))
+	f := newFront(t, newProxy(t, Config{IdentifierHeader: "X-Session"}), port, to(s.ag))
 	get(t, f, "/")
 	h := <-got
 	if h.Get("X-Session") != "sess-1" || h.Get(SessionIdentifierHeader) != "" {
