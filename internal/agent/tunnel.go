@@ -73,10 +73,17 @@ func (a *Agent) handleTunnel(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	conn, brw, err := http.NewResponseController(w).Hijack()
+	rc, brw, err := http.NewResponseController(w).Hijack()
 	if err != nil {
 		target.Close()
 		return fmt.Errorf("tunnel: taking over the connection: %w", err)
+	}
+	conn, ok := rc.(halfCloser) // a *net.UnixConn: the agent serves a unix socket
+	if !ok {
+		rc.Close()
+		target.Close()
+		a.log.Error("tunnel: the connection cannot be half-closed", "type", fmt.Sprintf("%T", rc))
+		return nil
 	}
 	// The server's deadlines were set for a request; a tunnel lasts as long as its ends.
 	conn.SetDeadline(time.Time{})
@@ -98,7 +105,7 @@ func (a *Agent) handleTunnel(w http.ResponseWriter, r *http.Request) error {
 			return nil
 		}
 	}
-	splice(r.Context(), conn.(halfCloser), target)
+	splice(r.Context(), conn, target)
 	return nil
 }
 
