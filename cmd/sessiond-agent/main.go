@@ -3,7 +3,7 @@
 // a unix socket. This file only turns flags into an agent.Config; everything else is in
 // internal/agent.
 //
-//	sessiond-agent [-socket PATH] [-data-dir DIR] [-uid N] [-gid N] [-home DIR] [-workdir DIR] [-kernel python3] [-- COMMAND [ARG...]]
+//	sessiond-agent [-socket PATH] [-data-dir DIR] [-uid N] [-gid N] [-home DIR] [-workdir DIR] [-kernel python3] [-max-tunnels N] [-- COMMAND [ARG...]]
 //
 // COMMAND, if given, is the sandbox's main process, run as the unprivileged user.
 // -kernel python3 makes it a code-interpreter sandbox: the agent supervises an ipykernel
@@ -43,6 +43,7 @@ func run(args []string) error {
 	fs.Int64Var(&cfg.MemoryLimit, "memory-limit", 0, "kill the largest process when all processes together hold more resident bytes (0: off)")
 	fs.StringVar(&cfg.KernelDir, "kernel-dir", "", "directory for the kernel's connection file (default /run/sessiond-kernel)")
 	fs.StringVar(&cfg.Kernel, "kernel", "", "Jupyter kernel to supervise (python3), for code-interpreter sandboxes")
+	fs.IntVar(&cfg.MaxTunnels, "max-tunnels", agent.DefaultMaxTunnels, "most tunnels to the sandbox's loopback open at once")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}

@@ -1,8 +1,8 @@
 // Package agent is sessiond-agent, the init process of every sandbox. As PID 1 it reaps
 // zombies, forwards signals and brings up loopback; it supervises the sandbox's main
 // command (a Jupyter kernel, or a custom image's entrypoint) and keeps its console output;
-// and it serves the agentapi HTTP API (health, exec, files, logs) on a unix socket that
-// only the host can reach.
+// and it serves the agentapi HTTP API (health, exec, files, logs, tunnels to the sandbox's
+// loopback) on a unix socket that only the host can reach.
 //
 // It is not the host side: the wire contract and the Client live in internal/agentapi, and
 // runtimes (internal/sandbox) only start sandboxes and hand out that Client. Everything the
@@ -66,8 +66,15 @@ type Config struct {
 	// processes but itself together hold more resident memory (memguard_linux.go).
 	MemoryLimit int64
 	// StopGrace is how long the main process and in-flight requests get to finish when
-	// Serve stops, before they are killed; default 5s.
+	// Serve stops, before they are killed; default 5s. Open tunnels are closed once the
+	// requests have finished, without waiting for their ends.
 	StopGrace time.Duration
+	// MaxTunnels caps the tunnels (agentapi.PathTunnel) open at once; default
+	// DefaultMaxTunnels.
+	MaxTunnels int
+	// TunnelDialTimeout bounds a tunnel's connect to the sandbox's loopback; default
+	// DefaultTunnelDialTimeout.
+	TunnelDialTimeout time.Duration
 	// Log receives the agent's own diagnostics; nil means text on standard error.
 	Log *slog.Logger
 }
@@ -93,6 +100,7 @@ type Agent struct {
 	maxList   int
 	reaper    *reaper
 	reqs      requests
+	tunnels   tunnels
 	// kernelArgv, if set (by tests), replaces the kernel command; kernelMaxDisplay, if
 	// not 0, replaces agentapi.MaxDisplayBytes.
 	kernelArgv       func(connFile string) []string
@@ -140,6 +148,12 @@ func New(cfg Config) *Agent {
 	if cfg.KernelDir == "" {
 		cfg.KernelDir = defaultKernelDir
 	}
+	if cfg.MaxTunnels == 0 {
+		cfg.MaxTunnels = DefaultMaxTunnels
+	}
+	if cfg.TunnelDialTimeout == 0 {
+		cfg.TunnelDialTimeout = DefaultTunnelDialTimeout
+	}
 	log := cfg.Log
 	if log == nil {
 		log = slog.New(slog.NewTextHandler(os.Stderr, nil))
@@ -169,6 +183,9 @@ func (a *Agent) validate() error {
 	}
 	if c.StopGrace < 0 {
 		return fmt.Errorf("invalid config: negative stop grace %v", c.StopGrace)
+	}
+	if c.MaxTunnels < 0 || c.TunnelDialTimeout < 0 {
+		return fmt.Errorf("invalid config: negative tunnel cap %d or dial timeout %v", c.MaxTunnels, c.TunnelDialTimeout)
 	}
 	if len(c.Command) > 0 && c.Command[0] == "" {
 		return errors.New("invalid config: empty main command")
@@ -312,9 +329,11 @@ func (a *Agent) shutdown(srv *http.Server, hardStop context.CancelFunc) {
 	defer cancel()
 	if err := srv.Shutdown(ctx); err != nil {
 		a.log.Warn("requests still running after the grace period: killing them", "err", err)
-		hardStop()
 		srv.Close()
 	}
+	// The server neither tracks nor waits for hijacked connections: this also ends the
+	// tunnels.
+	hardStop()
 	wctx, wcancel := context.WithTimeout(context.Background(), killWait+time.Second)
 	defer wcancel()
 	if !a.reqs.closeAndWait(wctx) {
@@ -388,6 +407,7 @@ func (a *Agent) routes() http.Handler {
 		mux.Handle("POST "+agentapi.PathKernelRestart, a.handle(a.handleRestart))
 	}
 	mux.Handle("GET "+agentapi.PathLogs, a.handle(a.handleLogs))
+	mux.Handle("GET "+agentapi.PathTunnel, a.handle(a.handleTunnel))
 	mux.Handle("/", a.handle(func(w http.ResponseWriter, r *http.Request) error {
 		return errkind.New(errkind.NotFound, "no such endpoint: %s %s", r.Method, r.URL.Path)
 	}))

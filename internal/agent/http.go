@@ -43,6 +43,10 @@ func statusOf(k errkind.Kind) int {
 		return http.StatusRequestEntityTooLarge
 	case errkind.AlreadyExists:
 		return http.StatusConflict
+	case errkind.Unavailable:
+		return http.StatusServiceUnavailable
+	case errkind.Timeout:
+		return http.StatusGatewayTimeout
 	}
 	return http.StatusInternalServerError
 }
