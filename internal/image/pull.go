@@ -263,7 +263,7 @@ func (s *Store) byID(id string) (Image, bool, error) {
 func (p *puller) image(ctx context.Context, desc *remote.Descriptor) (v1.Image, error) {
 	switch desc.MediaType {
 	case types.DockerManifestSchema1, types.DockerManifestSchema1Signed:
-		return nil, errkind.New(errkind.Invalid, "%s is a Docker schema 1 image, which is not supported: push it again with a current client", p.name)
+		return nil, errkind.New(errkind.Invalid, "the image is a Docker schema 1 image, which is not supported: push it again with a current client")
 	case types.OCIImageIndex, types.DockerManifestList:
 	default:
 		im, err := desc.Image()
@@ -289,7 +289,7 @@ func (p *puller) image(ctx context.Context, desc *remote.Descriptor) (v1.Image, 
 		}
 		if cp.OS == want.OS && cp.Architecture == want.Architecture && (cp.Variant == "" || cp.Variant == want.Variant) {
 			if !c.MediaType.IsImage() {
-				return nil, errkind.New(errkind.Invalid, "%s: the %s entry of the index is a %s, not an image manifest", p.name, platformString(want), c.MediaType)
+				return nil, errkind.New(errkind.Invalid, "the %s entry of the index is a %s, not an image manifest", platformString(want), c.MediaType)
 			}
 			child, err := idx.Image(c.Digest)
 			if err != nil {
@@ -299,7 +299,7 @@ func (p *puller) image(ctx context.Context, desc *remote.Descriptor) (v1.Image, 
 		}
 		have = append(have, platformString(*cp))
 	}
-	return nil, errkind.New(errkind.NotFound, "%s has no image for %s (it has %s)", p.name, platformString(want), strings.Join(have, ", "))
+	return nil, errkind.New(errkind.NotFound, "the index has no image for %s (it has %s)", platformString(want), strings.Join(have, ", "))
 }
 
 func platformString(p v1.Platform) string {
@@ -320,29 +320,29 @@ func (p *puller) check(ctx context.Context, im v1.Image) (*v1.Manifest, *v1.Conf
 	switch m.Config.MediaType {
 	case types.DockerConfigJSON, types.OCIConfigJSON:
 	default:
-		return nil, nil, errkind.New(errkind.Invalid, "%s is not a container image: its config is a %q", p.name, m.Config.MediaType)
+		return nil, nil, errkind.New(errkind.Invalid, "not a container image: its config is a %q", m.Config.MediaType)
 	}
 	if m.Config.Digest.Algorithm != "sha256" {
-		return nil, nil, errkind.New(errkind.Invalid, "%s: config digest %s: only sha256 digests are supported", p.name, m.Config.Digest)
+		return nil, nil, errkind.New(errkind.Invalid, "config digest %s: only sha256 digests are supported", m.Config.Digest)
 	}
 	if m.Config.Size < 0 || m.Config.Size > maxConfigSize {
-		return nil, nil, errkind.New(errkind.LimitExceeded, "%s: the image config is %d bytes, more than the %d allowed", p.name, m.Config.Size, maxConfigSize)
+		return nil, nil, errkind.New(errkind.LimitExceeded, "the image config is %d bytes, more than the %d allowed", m.Config.Size, maxConfigSize)
 	}
 	if len(m.Layers) > p.opts.MaxLayers {
-		return nil, nil, errkind.New(errkind.LimitExceeded, "%s has %d layers, more than the %d allowed", p.name, len(m.Layers), p.opts.MaxLayers)
+		return nil, nil, errkind.New(errkind.LimitExceeded, "the image has %d layers, more than the %d allowed", len(m.Layers), p.opts.MaxLayers)
 	}
 	var total int64
 	for _, l := range m.Layers {
 		switch l.MediaType {
 		case types.DockerLayer, types.DockerUncompressedLayer, types.OCILayer, types.OCILayerZStd, types.OCIUncompressedLayer:
 		default:
-			return nil, nil, errkind.New(errkind.Invalid, "%s: layer %s has media type %q, which is not a Linux layer that can be unpacked", p.name, l.Digest, l.MediaType)
+			return nil, nil, errkind.New(errkind.Invalid, "layer %s has media type %q, which is not a Linux layer that can be unpacked", l.Digest, l.MediaType)
 		}
 		if l.Digest.Algorithm != "sha256" || len(l.Digest.Hex) != sha256.Size*2 || !isHex(l.Digest.Hex) {
-			return nil, nil, errkind.New(errkind.Invalid, "%s: layer digest %q: only sha256 digests are supported", p.name, l.Digest)
+			return nil, nil, errkind.New(errkind.Invalid, "layer digest %q: only sha256 digests are supported", l.Digest)
 		}
 		if l.Size < 0 || l.Size > p.opts.MaxSize-total {
-			return nil, nil, errkind.New(errkind.LimitExceeded, "%s: the layers are larger than the %d bytes allowed", p.name, p.opts.MaxSize)
+			return nil, nil, errkind.New(errkind.LimitExceeded, "the image's layers are larger than the %d bytes allowed", p.opts.MaxSize)
 		}
 		total += l.Size
 	}
@@ -352,14 +352,14 @@ func (p *puller) check(ctx context.Context, im v1.Image) (*v1.Manifest, *v1.Conf
 	}
 	cf, err := v1.ParseConfigFile(bytes.NewReader(raw))
 	if err != nil {
-		return nil, nil, errkind.New(errkind.Invalid, "%s: parsing the image config: %v", p.name, err)
+		return nil, nil, errkind.New(errkind.Invalid, "parsing the image config: %v", err)
 	}
 	want := platform()
 	if cf.OS != "" && cf.OS != want.OS || cf.Architecture != "" && cf.Architecture != want.Architecture {
-		return nil, nil, errkind.New(errkind.Invalid, "%s is an image for %s/%s; this machine runs %s/%s", p.name, cf.OS, cf.Architecture, want.OS, want.Architecture)
+		return nil, nil, errkind.New(errkind.Invalid, "the image is for %s/%s; this machine runs %s/%s", cf.OS, cf.Architecture, want.OS, want.Architecture)
 	}
 	if len(cf.RootFS.DiffIDs) != len(m.Layers) {
-		return nil, nil, errkind.New(errkind.Invalid, "%s: the manifest has %d layers but the config lists %d", p.name, len(m.Layers), len(cf.RootFS.DiffIDs))
+		return nil, nil, errkind.New(errkind.Invalid, "the manifest has %d layers but the config lists %d", len(m.Layers), len(cf.RootFS.DiffIDs))
 	}
 	return m, cf, nil
 }
@@ -426,16 +426,13 @@ func (p *puller) fetchAndUnpack(ctx context.Context, stop func(), s *Store, im v
 		return size, nil
 	case ctx.Err() != nil && !errors.Is(context.Cause(ctx), errStopped):
 		return 0, ctxErr(ctx) // the caller's cancellation or deadline
-	case errors.Is(err, errWaiting) || err == nil:
-		// A download failed, which ended the wait for its layer. errgroup keeps the first
-		// error: the failure, not the cancellations it caused.
+	case err == nil || errors.Is(err, errStopped):
+		// A download failed and stopped the unpacking. errgroup keeps the first error:
+		// the failure, not the cancellations it caused.
 		return 0, werr
 	}
 	return 0, err
 }
-
-// errWaiting reports that unpack stopped waiting for a layer because ctx ended.
-var errWaiting = errors.New("stopped waiting for a layer")
 
 // unpack applies the layers to tree in order, each once ready[i] is closed, and returns the
 // bytes of file content written.
@@ -451,7 +448,7 @@ func (p *puller) unpack(ctx context.Context, m *v1.Manifest, cf *v1.ConfigFile, 
 		select {
 		case <-ready[i]:
 		case <-ctx.Done():
-			return 0, errWaiting
+			return 0, ctxErr(ctx)
 		}
 		f, err := os.Open(filepath.Join(blobDir, l.Digest.Hex))
 		if err != nil {
@@ -465,7 +462,7 @@ func (p *puller) unpack(ctx context.Context, m *v1.Manifest, cf *v1.ConfigFile, 
 		size += stats.Size
 		entries += stats.Entries
 		if errkind.Is(err, errkind.LimitExceeded) || err == nil && (size > p.opts.MaxSize || entries > DefaultLimits.MaxEntries) {
-			return 0, errkind.New(errkind.LimitExceeded, "%s unpacks to more than %d bytes or %d entries", p.name, p.opts.MaxSize, DefaultLimits.MaxEntries)
+			return 0, errkind.New(errkind.LimitExceeded, "the image unpacks to more than %d bytes or %d entries", p.opts.MaxSize, DefaultLimits.MaxEntries)
 		}
 		if err != nil {
 			if ctx.Err() != nil {
@@ -474,7 +471,7 @@ func (p *puller) unpack(ctx context.Context, m *v1.Manifest, cf *v1.ConfigFile, 
 			return 0, fmt.Errorf("unpacking layer %d of %d (%s): %w", i+1, len(m.Layers), l.Digest, err)
 		}
 		if want := cf.RootFS.DiffIDs[i].String(); diffID != want {
-			return 0, errkind.New(errkind.Invalid, "%s: layer %d of %d (%s) unpacks to content %s, but the config says %s", p.name, i+1, len(m.Layers), l.Digest, diffID, want)
+			return 0, errkind.New(errkind.Invalid, "layer %d of %d (%s) unpacks to content %s, but the config says %s", i+1, len(m.Layers), l.Digest, diffID, want)
 		}
 	}
 	return size, nil

@@ -38,7 +38,7 @@ func newTransport(insecure bool) *schemeGuard {
 // private addresses (10/8, 172.16/12, 192.168/16), and a registry's redirect may point to
 // plain HTTP; neither should send credentials or content unprotected unless asked to.
 type schemeGuard struct {
-	next     *http.Transport
+	next     http.RoundTripper
 	insecure bool
 }
 
@@ -51,7 +51,11 @@ func (g *schemeGuard) RoundTrip(r *http.Request) (*http.Response, error) {
 }
 
 // CloseIdleConnections closes the transport's idle connections.
-func (g *schemeGuard) CloseIdleConnections() { g.next.CloseIdleConnections() }
+func (g *schemeGuard) CloseIdleConnections() {
+	if c, ok := g.next.(interface{ CloseIdleConnections() }); ok {
+		c.CloseIdleConnections()
+	}
+}
 
 func isLoopback(host string) bool {
 	if host == "localhost" {
