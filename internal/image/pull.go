@@ -200,11 +200,7 @@ func (s *Store) pull(ctx context.Context, p *puller) (Image, error) {
 	if err != nil {
 		return Image{}, err
 	}
-	defer func() {
-		if work != "" {
-			removeTree(work)
-		}
-	}()
+	defer removeTree(work)
 	tree, blobs := filepath.Join(work, "rootfs"), filepath.Join(work, "blobs")
 	for _, d := range []string{tree, blobs} {
 		if err := os.Mkdir(d, 0o700); err != nil {
@@ -225,12 +221,9 @@ func (s *Store) pull(ctx context.Context, p *puller) (Image, error) {
 	if err := syncFS(work); err != nil {
 		return Image{}, err
 	}
-	img, moved, err := s.commit(rec, tree, blobs)
-	if moved {
-		// tree is gone from work; what remains (blobs the store had already) is deleted.
-		removeTree(work)
-		work = ""
-	}
+	// Whatever commit did not move out of work (all of it on failure, blobs the store had
+	// already on success) is deleted with it.
+	img, _, err := s.commit(rec, tree, blobs)
 	return img, err
 }
 
