@@ -516,8 +516,8 @@ func (s *Store) commit(rec Image, tmp, blobDir string) (img Image, moved bool, e
 }
 
 // collect deletes what crashes left: everything in tmp/, and rootfs trees and layer blobs
-// that no record names. It does nothing when another process holds tmp.lock, since its work in progress
-// looks the same as debris.
+// that no record names. It does nothing when another process holds tmp.lock, since its
+// work in progress looks the same as debris.
 func (s *Store) collect() error {
 	f, err := flock(filepath.Join(s.dir, "tmp.lock"), syscall.LOCK_EX|syscall.LOCK_NB)
 	if errors.Is(err, syscall.EWOULDBLOCK) {

@@ -384,26 +384,33 @@ var errStopped = errors.New("pull stopped after an error")
 // pull, with errStopped; fetchAndUnpack calls it on any failure and returns only when
 // every download has stopped.
 func (p *puller) fetchAndUnpack(ctx context.Context, stop func(), s *Store, im v1.Image, m *v1.Manifest, cf *v1.ConfigFile, tree, blobDir string) (int64, error) {
-	ready := make([]chan struct{}, len(m.Layers))
-	for i := range ready {
-		ready[i] = make(chan struct{})
+	// A layer may appear more than once (old builders repeated the empty layer): each
+	// distinct blob is fetched once, and every use of it waits for the same channel.
+	ready := map[v1.Hash]chan struct{}{}
+	var fetch []int // the first use of each distinct blob
+	for i, l := range m.Layers {
+		if ready[l.Digest] == nil {
+			ready[l.Digest] = make(chan struct{})
+			fetch = append(fetch, i)
+		}
 	}
 	var g errgroup.Group
 	g.Go(func() error {
 		sem := make(chan struct{}, pullJobs)
-		for i, l := range m.Layers {
+		for _, i := range fetch {
 			select {
 			case sem <- struct{}{}:
 			case <-ctx.Done():
 				return ctx.Err()
 			}
+			l := m.Layers[i]
 			g.Go(func() error {
 				defer func() { <-sem }()
 				if err := p.fetchBlob(ctx, s, im, l, blobDir); err != nil {
 					stop()
 					return fmt.Errorf("layer %d of %d (%s): %w", i+1, len(m.Layers), l.Digest, err)
 				}
-				close(ready[i])
+				close(ready[l.Digest])
 				return nil
 			})
 		}
@@ -427,9 +434,9 @@ func (p *puller) fetchAndUnpack(ctx context.Context, stop func(), s *Store, im v
 	return 0, err
 }
 
-// unpack applies the layers to tree in order, each once ready[i] is closed, and returns the
-// bytes of file content written.
-func (p *puller) unpack(ctx context.Context, m *v1.Manifest, cf *v1.ConfigFile, tree, blobDir string, ready []chan struct{}) (int64, error) {
+// unpack applies the layers to tree in order, each once its blob's ready channel is closed,
+// and returns the bytes of file content written.
+func (p *puller) unpack(ctx context.Context, m *v1.Manifest, cf *v1.ConfigFile, tree, blobDir string, ready map[v1.Hash]chan struct{}) (int64, error) {
 	root, err := os.OpenRoot(tree)
 	if err != nil {
 		return 0, err
@@ -439,7 +446,7 @@ func (p *puller) unpack(ctx context.Context, m *v1.Manifest, cf *v1.ConfigFile, 
 	var entries int
 	for i, l := range m.Layers {
 		select {
-		case <-ready[i]:
+		case <-ready[l.Digest]:
 		case <-ctx.Done():
 			return 0, ctxErr(ctx)
 		}

@@ -760,6 +760,28 @@ func TestPullConcurrent(t *testing.T) {
 	}
 }
 
+// TestPullRepeatedLayer pulls an image that lists one layer twice, as old builders did
+// with the empty layer: the blob is fetched once and applied twice.
+func TestPullRepeatedLayer(t *testing.T) {
+	s := openStore(t)
+	reg := imagetest.NewRegistry(t, imagetest.RegistryOptions{})
+	a := imagetest.Layer(t, file{Name: "f", Body: []byte("a")})
+	b := imagetest.Layer(t, file{Name: "f", Body: []byte("b")})
+	ref := reg.Ref("app:repeated")
+	reg.Push(t, ref, imagetest.Image(t, imagetest.ImageSpec{Layers: []v1.Layer{a, b, a}}))
+	im, err := s.Pull(context.Background(), ref, PullOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := os.ReadFile(filepath.Join(im.RootFS, "f")); err != nil || string(got) != "a" {
+		t.Errorf("f = %q, %v; want a, from the last layer", got, err)
+	}
+	if n := reg.BlobGets(); n != 3 {
+		t.Errorf("%d blob requests, want 3 (config and two distinct layers)", n)
+	}
+	checkBlobs(t, s, layerDigest(t, a), layerDigest(t, b))
+}
+
 func TestOpenCollectsBlobs(t *testing.T) {
 	ctx := context.Background()
 	s := openStore(t)
