@@ -802,6 +802,41 @@ func TestOpenCollectsBlobs(t *testing.T) {
 	checkBlobs(t, s, im.Layers...)
 }
 
+// TestPullInsecure pulls from a plain-HTTP registry on a non-loopback address, which needs
+// Insecure.
+func TestPullInsecure(t *testing.T) {
+	ip := nonLoopbackIP(t)
+	s := openStore(t)
+	reg := imagetest.NewRegistry(t, imagetest.RegistryOptions{Addr: net.JoinHostPort(ip, "0")})
+	ref := reg.Ref("app:v1")
+	reg.Push(t, ref, smallImage(t, "insecure"))
+
+	_, err := s.Pull(context.Background(), ref, PullOptions{})
+	t.Log(err)
+	if !errkind.Is(err, errkind.Unavailable) || !strings.Contains(err.Error(), "https://"+reg.Host) {
+		t.Errorf("Pull over plain HTTP without Insecure = %v, want an HTTPS attempt that fails", err)
+	}
+	checkEmpty(t, s)
+	if _, err := s.Pull(context.Background(), ref, PullOptions{Insecure: true}); err != nil {
+		t.Errorf("Pull with Insecure: %v", err)
+	}
+}
+
+// nonLoopbackIP returns an IPv4 address of this machine that is not a loopback one.
+func nonLoopbackIP(t *testing.T) string {
+	addrs, err := net.InterfaceAddrs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range addrs {
+		if n, ok := a.(*net.IPNet); ok && n.IP.To4() != nil && !n.IP.IsLoopback() {
+			return n.IP.String()
+		}
+	}
+	t.Skip("no non-loopback IPv4 address (TestSchemeGuard covers the upgrade)")
+	return ""
+}
+
 // recordingTransport answers every request with 204 and records its URL.
 type recordingTransport struct{ urls []string }
 

@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"io"
 	"log"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -36,9 +37,9 @@ import (
 	"github.com/klauspost/compress/zstd"
 )
 
-// Registry is an in-process registry on a loopback HTTP server, closed when the test ends.
+// Registry is an in-process registry on a plain HTTP server, closed when the test ends.
 type Registry struct {
-	// Host is "127.0.0.1:PORT", the registry part of references to it.
+	// Host is "IP:PORT" ("127.0.0.1:PORT" by default), the registry part of references to it.
 	Host     string
 	username string
 	password string
@@ -54,6 +55,8 @@ type RegistryOptions struct {
 	// Username and Password, when set, make every request need them as basic auth.
 	Username string
 	Password string
+	// Addr is the address to listen on; "" means a free loopback port.
+	Addr string
 }
 
 // NewRegistry starts a registry.
@@ -64,7 +67,16 @@ func NewRegistry(t testing.TB, opts RegistryOptions) *Registry {
 		password: opts.Password,
 		handler:  registry.New(registry.Logger(log.New(io.Discard, "", 0))),
 	}
-	srv := httptest.NewServer(http.HandlerFunc(r.serve))
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(r.serve))
+	if opts.Addr != "" {
+		l, err := net.Listen("tcp", opts.Addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		srv.Listener.Close()
+		srv.Listener = l
+	}
+	srv.Start()
 	t.Cleanup(srv.Close)
 	r.Host = strings.TrimPrefix(srv.URL, "http://")
 	return r
@@ -135,7 +147,7 @@ func (r *Registry) writeOptions() []remote.Option {
 // manifest digest.
 func (r *Registry) Push(t testing.TB, ref string, img v1.Image) v1.Hash {
 	t.Helper()
-	tag, err := name.ParseReference(ref)
+	tag, err := name.ParseReference(ref, name.Insecure) // the server is plain HTTP, loopback or not
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -152,7 +164,7 @@ func (r *Registry) Push(t testing.TB, ref string, img v1.Image) v1.Hash {
 // PushIndex pushes idx and its images as ref and returns the index digest.
 func (r *Registry) PushIndex(t testing.TB, ref string, idx v1.ImageIndex) v1.Hash {
 	t.Helper()
-	tag, err := name.ParseReference(ref)
+	tag, err := name.ParseReference(ref, name.Insecure) // the server is plain HTTP, loopback or not
 	if err != nil {
 		t.Fatal(err)
 	}
