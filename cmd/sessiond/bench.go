@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/sessiond/sessiond/internal/bench"
+	"github.com/sessiond/sessiond/internal/controlplane"
 	"github.com/sessiond/sessiond/internal/pool"
 	"github.com/sessiond/sessiond/internal/sandbox"
 )
@@ -122,7 +123,7 @@ func benchPool(ctx context.Context, g *globals, args []string) error {
 		ExecutionTimeoutCap: pool.DefaultExecutionTimeoutCap}
 	res, err := bench.Pool(ctx, bench.PoolConfig{Runtime: rt, Spec: ps,
 		Options: pool.Options{RootFS: spec.RootFS, Env: spec.Env, Kernel: "python3", Log: g.Log, RefillParallelism: *parallel},
-		Prepare: warmupHook(ps, nil)})
+		Prepare: controlplane.WarmupHook(ps, nil)})
 	if err != nil {
 		return err
 	}

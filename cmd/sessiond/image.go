@@ -18,13 +18,15 @@ import (
 
 func cmdImage(ctx context.Context, g *globals, args []string) error {
 	if len(args) == 0 {
-		return usagef("usage: sessiond image build|import|ls|rm|inspect [flags] [args]")
+		return usagef("usage: sessiond image build|import|pull|ls|rm|inspect [flags] [args]")
 	}
 	switch args[0] {
 	case "build":
 		return imageBuild(ctx, g, args[1:])
 	case "import":
 		return imageImport(ctx, g, args[1:])
+	case "pull":
+		return imagePull(ctx, g, args[1:])
 	case "ls", "list":
 		return imageList(ctx, g, args[1:])
 	case "rm", "remove":
@@ -32,7 +34,7 @@ func cmdImage(ctx context.Context, g *globals, args []string) error {
 	case "inspect":
 		return imageInspect(ctx, g, args[1:])
 	}
-	return usagef("image: unknown subcommand %q (build, import, ls, rm, inspect)", args[0])
+	return usagef("image: unknown subcommand %q (build, import, pull, ls, rm, inspect)", args[0])
 }
 
 // imageFlags returns a flag set for "image <sub>" whose usage shows synopsis.
@@ -140,6 +142,70 @@ func imageImport(ctx context.Context, g *globals, args []string) error {
 	}
 	fmt.Fprintf(g.Stdout, "%s %s %s\n", im.Name, im.ID, imageHumanSize(im.Size))
 	return nil
+}
+
+// maxPasswordInput bounds what -password-stdin reads; registry tokens are a few KiB.
+const maxPasswordInput = 64 << 10
+
+func imagePull(ctx context.Context, g *globals, args []string) error {
+	fs := imageFlags(g, "pull", "REF [-username USER -password-stdin] [-insecure]")
+	username := fs.String("username", "", "registry user name")
+	passwordStdin := fs.Bool("password-stdin", false, "read the registry password (or token) from standard input")
+	insecure := fs.Bool("insecure", false, "allow plain HTTP and unverified TLS (always allowed for loopback registries)")
+	maxSize := fs.Int64("max-size", image.DefaultMaxPullSize, "largest image to pull, in bytes (downloaded, and unpacked)")
+	refs, ok, err := imageParseInterspersed(fs, args)
+	if !ok {
+		return err
+	}
+	if len(refs) != 1 {
+		return usagef("usage: sessiond image pull REF [-username USER -password-stdin] [-insecure] (see -h)")
+	}
+	if (*username != "") != *passwordStdin {
+		return usagef("image pull: -username and -password-stdin go together")
+	}
+	opts := image.PullOptions{Username: *username, Insecure: *insecure, MaxSize: *maxSize}
+	if *passwordStdin {
+		b, err := io.ReadAll(io.LimitReader(os.Stdin, maxPasswordInput+1))
+		if err != nil {
+			return fmt.Errorf("reading the password from standard input: %w", err)
+		}
+		if len(b) > maxPasswordInput {
+			return usagef("image pull: the password on standard input is longer than %d bytes", maxPasswordInput)
+		}
+		opts.Password = strings.TrimRight(string(b), "\r\n")
+		if opts.Password == "" {
+			return usagef("image pull: -password-stdin read an empty password")
+		}
+	}
+	store, err := openImages(g)
+	if err != nil {
+		return err
+	}
+	im, err := store.Pull(ctx, refs[0], opts)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(g.Stdout, "%s %s %s\n", im.Name, im.Digest, imageHumanSize(im.Size))
+	return nil
+}
+
+// imageParseInterspersed parses args allowing flags after positional arguments, as in
+// "image pull REF -insecure", and returns the positional ones; ok is as for imageParse.
+func imageParseInterspersed(fs *flag.FlagSet, args []string) (pos []string, ok bool, err error) {
+	for {
+		if ok, err := imageParse(fs, args); !ok {
+			return nil, false, err
+		}
+		// After "--" everything is positional.
+		if n := len(args) - len(fs.Args()); n > 0 && args[n-1] == "--" {
+			return append(pos, fs.Args()...), true, nil
+		}
+		if fs.NArg() == 0 {
+			return pos, true, nil
+		}
+		pos = append(pos, fs.Arg(0))
+		args = fs.Args()[1:]
+	}
 }
 
 func imageList(ctx context.Context, g *globals, args []string) error {

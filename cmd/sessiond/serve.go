@@ -2,16 +2,21 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
 	"net"
 	"net/http"
+	"path/filepath"
 	"strings"
 	"time"
 
 	"github.com/sessiond/sessiond/internal/api"
+	"github.com/sessiond/sessiond/internal/auth"
 	"github.com/sessiond/sessiond/internal/config"
+	"github.com/sessiond/sessiond/internal/store"
+	"github.com/sessiond/sessiond/internal/tlscert"
 )
 
 // cmdServe runs the control plane: the pools of the configuration behind the
@@ -19,9 +24,11 @@ import (
 func cmdServe(ctx context.Context, g *globals, args []string) error {
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
 	fs.SetOutput(g.Stderr)
-	listen := fs.String("listen", "127.0.0.1:8080", "address to serve HTTP on")
-	configFile := fs.String("config", "", "pool configuration file (YAML or JSON); default: one PythonLTS pool named default")
+	listen := fs.String("listen", "127.0.0.1:8080", "address to serve on")
+	configFile := fs.String("config", "", "configuration file (YAML or JSON): pools and auth; default: one PythonLTS pool named default")
 	shutdownTimeout := fs.Duration("shutdown-timeout", 30*time.Second, "how long in-flight requests get to finish on shutdown")
+	tlsCert := fs.String("tls-cert", "", "TLS certificate file (PEM; reloaded when it changes); with -tls-key, serves HTTPS and HTTP/2")
+	tlsKey := fs.String("tls-key", "", "TLS private key file (PEM)")
 	fs.StringVar(&g.DataDir, "data-dir", g.DataDir, "directory for images, sandbox state and the store (same as the global -data-dir)")
 	if err := fs.Parse(args); err != nil {
 		return usageError{err.Error()}
@@ -29,24 +36,46 @@ func cmdServe(ctx context.Context, g *globals, args []string) error {
 	if fs.NArg() > 0 {
 		return usagef("serve: unexpected arguments %q", fs.Args())
 	}
-	if err := requireLoopback(*listen); err != nil {
-		return err
+	if (*tlsCert == "") != (*tlsKey == "") {
+		return usagef("serve: -tls-cert and -tls-key go together")
 	}
-	specs := config.Default()
+	cfg := &config.Config{Pools: config.Default()}
 	if *configFile != "" {
 		var err error
-		if specs, err = config.Load(*configFile); err != nil {
+		if cfg, err = config.Load(*configFile); err != nil {
 			return err
 		}
 	}
-	cp, err := newControlPlane(ctx, g, specs)
+	var authn *auth.Authenticator
+	if cfg.Auth.Enabled() {
+		var err error
+		if authn, err = auth.New(cfg.Auth, g.Log); err != nil {
+			return fmt.Errorf("configuring authentication: %w", err)
+		}
+		pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		if err := authn.Prefetch(pctx); err != nil {
+			g.Log.Warn("fetching the issuers' keys (retried on demand)", "err", err)
+		}
+		cancel()
+	} else if err := requireLoopback(*listen); err != nil {
+		return err
+	}
+
+	st, err := store.OpenBolt(filepath.Join(g.DataDir, store.FileName), store.Options{})
+	if err != nil {
+		return fmt.Errorf("opening the session store: %w", err)
+	}
+	defer st.Close()
+	cp, err := newControlPlane(ctx, g, cfg.Pools, st)
 	if err != nil {
 		return err
 	}
+	// A shutdown leaves allocated sessions running, with their records, for the next
+	// start to adopt; ready sandboxes are destroyed.
 	defer func() {
 		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
 		defer cancel()
-		if err := cp.Close(cctx); err != nil {
+		if err := cp.Detach(cctx); err != nil {
 			g.Log.Error("stopping pools", "err", err)
 		}
 	}()
@@ -55,18 +84,35 @@ func cmdServe(ctx context.Context, g *globals, args []string) error {
 	if err != nil {
 		return fmt.Errorf("listening on %s: %w", *listen, err)
 	}
-	srv := &http.Server{
-		// Until authentication exists the server listens on loopback only, and answers only
+	apiCfg := api.Config{Pools: cp, Log: g.Log, Auth: authn}
+	if authn == nil {
+		// Without authentication the server listens on loopback only, and answers only
 		// requests addressed to loopback names: a DNS-rebinding page cannot reach it.
-		Handler:           api.New(api.Config{Pools: cp, Log: g.Log, AllowedHosts: loopbackHosts(*listen)}),
+		apiCfg.AllowedHosts = loopbackHosts(*listen)
+	}
+	srv := &http.Server{
+		Handler:           api.New(apiCfg),
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       2 * time.Minute,
 		// No WriteTimeout: executions last up to the pool's cap; each handler bounds its own work.
 	}
-	base := "http://" + ln.Addr().String()
-	for _, s := range specs {
+	scheme := "http"
+	if *tlsCert != "" {
+		certs, err := tlscert.New(*tlsCert, *tlsKey, g.Log)
+		if err != nil {
+			ln.Close()
+			return err
+		}
+		srv.TLSConfig = certs.TLSConfig()
+		ln = tls.NewListener(ln, srv.TLSConfig)
+		scheme = "https"
+	}
+	base := scheme + "://" + ln.Addr().String()
+	for _, name := range cp.Names() {
+		p, _ := cp.Get(name)
+		s := p.Spec()
 		fmt.Fprintf(g.Stdout, "sessiond: pool %s (%s, %s) at %s/subscriptions/local/resourceGroups/local/sessionPools/%s (or %s/pools/%s)\n",
-			s.Name, s.ContainerType, cp.runtimeName(s.Name), base, s.Name, base, s.Name)
+			s.Name, s.ContainerType, p.Runtime(), base, s.Name, base, s.Name)
 	}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
@@ -75,7 +121,7 @@ func cmdServe(ctx context.Context, g *globals, args []string) error {
 		return fmt.Errorf("serving: %w", err)
 	case <-ctx.Done():
 	}
-	g.Log.Info("shutting down", "timeout", *shutdownTimeout)
+	g.Log.Info("shutting down: finishing requests in flight", "timeout", *shutdownTimeout)
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), *shutdownTimeout)
 	defer cancel()
 	if err := srv.Shutdown(sctx); err != nil {
@@ -87,8 +133,8 @@ func cmdServe(ctx context.Context, g *globals, args []string) error {
 	return nil
 }
 
-// requireLoopback refuses addresses beyond loopback: without authentication (a later
-// issue) anyone who reaches the port could run code.
+// requireLoopback refuses addresses beyond loopback: without authentication anyone who
+// reaches the port could run code.
 func requireLoopback(addr string) error {
 	host, _, err := net.SplitHostPort(addr)
 	if err != nil {
@@ -100,7 +146,7 @@ func requireLoopback(addr string) error {
 	if ip := net.ParseIP(strings.Trim(host, "[]")); ip != nil && ip.IsLoopback() {
 		return nil
 	}
-	return usagef("-listen %q: refusing to listen beyond loopback without authentication, which sessiond does not have yet; use 127.0.0.1:PORT", addr)
+	return usagef("-listen %q: refusing to listen beyond loopback without authentication: configure auth in the -config file, or use 127.0.0.1:PORT", addr)
 }
 
 // loopbackHosts are the Host names a loopback server answers to.

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/sessiond/sessiond/internal/api"
+	"github.com/sessiond/sessiond/internal/controlplane"
 	"github.com/sessiond/sessiond/internal/pool"
 	"github.com/sessiond/sessiond/internal/sandbox/oci"
 	"github.com/sessiond/sessiond/internal/sandbox/sandboxtest"
@@ -78,7 +79,7 @@ func TestServeEndToEnd(t *testing.T) {
 				ExecutionTimeoutCap: 30 * time.Second,
 			}}
 			ctx := context.Background()
-			cp, err := newControlPlane(ctx, g, specs)
+			cp, err := newControlPlane(ctx, g, specs, nil)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -273,12 +274,13 @@ func hasPackage(ps []struct{ Name, Version string }, name string) bool {
 }
 
 // waitReady waits until the pool has n ready sandboxes.
-func waitReady(t *testing.T, cp *controlPlane, name string, n int) {
+func waitReady(t *testing.T, cp *controlplane.ControlPlane, name string, n int) {
 	t.Helper()
 	deadline := time.Now().Add(sandboxtest.Timeout(3 * time.Minute))
-	for cp.pools[name].Counts().Ready < n {
+	p, _ := cp.Get(name)
+	for p.Counts().Ready < n {
 		if time.Now().After(deadline) {
-			t.Fatalf("pool %s: %d ready after 3 minutes, want %d (last error: %v)", name, cp.pools[name].Counts().Ready, n, cp.pools[name].LastError())
+			t.Fatalf("pool %s: %d ready after 3 minutes, want %d (last error: %v)", name, p.Counts().Ready, n, p.LastError())
 		}
 		time.Sleep(50 * time.Millisecond)
 	}

@@ -21,6 +21,7 @@ package api
 
 import (
 	"context"
+	"github.com/sessiond/sessiond/internal/auth"
 	"log/slog"
 	"net/http"
 	"time"
@@ -81,6 +82,10 @@ type Config struct {
 	// default the wrapper is accepted and unwrapped, because third-party guides and skills
 	// still send it and nothing is gained by refusing them.
 	RejectPropertiesWrapper bool
+	// Auth, if set, authenticates every request but GET /healthz (401 without valid
+	// credentials) and requires the SessionExecutor role on the pool of the path (403).
+	// nil serves everyone: only for a server reachable from loopback alone.
+	Auth *auth.Authenticator
 }
 
 // Server is the data-plane HTTP handler. It is safe for concurrent use and holds no state

@@ -35,6 +35,7 @@ const (
 	codeMethodNotAllowed = "MethodNotAllowed"
 	codeMisdirected      = "MisdirectedRequest"
 	codeForbidden        = "Forbidden"
+	codeUnauthorized     = "Unauthorized"
 	codeUnavailable      = "ServiceUnavailable"
 	codeTimeout          = "GatewayTimeout"
 	codeInternal         = "InternalServerError"
@@ -52,13 +53,15 @@ var kindErrors = map[errkind.Kind]struct {
 	code    string
 	message string
 }{
-	errkind.Invalid:       {http.StatusBadRequest, codeValidationFailed, "The request is invalid."},
-	errkind.NotFound:      {http.StatusNotFound, codeNotFound, "Not found."},
-	errkind.AlreadyExists: {http.StatusConflict, codeConflict, "Already exists."},
-	errkind.LimitExceeded: {http.StatusTooManyRequests, codeTooManyRequests, "Too many requests; retry later."},
-	errkind.Unavailable:   {http.StatusServiceUnavailable, codeUnavailable, "The service is unavailable; retry later."},
-	errkind.Timeout:       {http.StatusGatewayTimeout, codeTimeout, "The operation timed out."},
-	errkind.Internal:      {http.StatusInternalServerError, codeInternal, "internal error"},
+	errkind.Invalid:         {http.StatusBadRequest, codeValidationFailed, "The request is invalid."},
+	errkind.NotFound:        {http.StatusNotFound, codeNotFound, "Not found."},
+	errkind.AlreadyExists:   {http.StatusConflict, codeConflict, "Already exists."},
+	errkind.LimitExceeded:   {http.StatusTooManyRequests, codeTooManyRequests, "Too many requests; retry later."},
+	errkind.Unavailable:     {http.StatusServiceUnavailable, codeUnavailable, "The service is unavailable; retry later."},
+	errkind.Timeout:         {http.StatusGatewayTimeout, codeTimeout, "The operation timed out."},
+	errkind.Internal:        {http.StatusInternalServerError, codeInternal, "internal error"},
+	errkind.Unauthenticated: {http.StatusUnauthorized, codeUnauthorized, "Authentication is required."},
+	errkind.Forbidden:       {http.StatusForbidden, codeForbidden, "Forbidden."},
 }
 
 // apiError is an error whose status and code are fixed by its constructor below.
@@ -197,8 +200,11 @@ func describe(err error) (int, errorDetail, http.Header) {
 			msg = m
 		}
 	}
-	if k == errkind.LimitExceeded {
+	switch k {
+	case errkind.LimitExceeded:
 		h.Set("Retry-After", strconv.Itoa(retryAfterSeconds))
+	case errkind.Unauthenticated:
+		h.Set("WWW-Authenticate", `Bearer realm="sessiond"`) // RFC 6750
 	}
 	return ke.status, errorDetail{Code: ke.code, Message: msg}, h
 }

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"github.com/sessiond/sessiond/internal/auth"
 	"log/slog"
 	"net/http"
 	"net/url"
@@ -79,6 +80,19 @@ func (s *Server) run(w http.ResponseWriter, r *http.Request, c *call) (err error
 	rt := c.route
 	if err := s.checkRequest(r, rt); err != nil {
 		return err
+	}
+	if s.cfg.Auth != nil && !rt.anyHost {
+		// Before the pool is looked up: without credentials, nothing is learnt about
+		// which pools exist.
+		var err error
+		if name := r.PathValue("pool"); name != "" {
+			_, err = s.cfg.Auth.Check(r, name, auth.SessionExecutor)
+		} else {
+			_, err = s.cfg.Auth.Authenticate(r.Context(), r)
+		}
+		if err != nil {
+			return err
+		}
 	}
 	if rt.scope >= scopePool {
 		c.poolName = r.PathValue("pool")

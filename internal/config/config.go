@@ -37,12 +37,22 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
+	"github.com/sessiond/sessiond/internal/auth"
 	"github.com/sessiond/sessiond/internal/pool"
 )
 
 // File is the configuration file.
 type File struct {
 	Pools []PoolDecl `yaml:"pools"`
+	// Auth configures authentication (bearer JWTs, API keys) and roles; without it the
+	// server answers on loopback only.
+	Auth auth.Config `yaml:"auth"`
+}
+
+// Config is a validated configuration.
+type Config struct {
+	Pools []pool.Spec
+	Auth  auth.Config
 }
 
 // PoolDecl declares one pool.
@@ -106,46 +116,63 @@ type Own struct {
 const DefaultImage = "python"
 
 // Load reads and validates the file at path.
-func Load(path string) ([]pool.Spec, error) {
+func Load(path string) (*Config, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("reading configuration: %w", err)
 	}
-	specs, err := Parse(bytes.NewReader(b))
+	c, err := ParseConfig(bytes.NewReader(b))
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
-	return specs, nil
+	return c, nil
 }
 
-// Parse reads and validates a configuration.
+// ParseConfig reads and validates a configuration.
+func ParseConfig(r io.Reader) (*Config, error) {
+	f, specs, err := parse(r)
+	if err != nil {
+		return nil, err
+	}
+	if err := f.Auth.Validate(); err != nil {
+		return nil, fmt.Errorf("auth.%w", err)
+	}
+	return &Config{Pools: specs, Auth: f.Auth}, nil
+}
+
+// Parse reads and validates a configuration's pools.
 func Parse(r io.Reader) ([]pool.Spec, error) {
+	_, specs, err := parse(r)
+	return specs, err
+}
+
+func parse(r io.Reader) (*File, []pool.Spec, error) {
 	dec := yaml.NewDecoder(r)
 	dec.KnownFields(true)
 	var f File
 	if err := dec.Decode(&f); err != nil {
 		if errors.Is(err, io.EOF) {
-			return nil, errors.New("the configuration is empty: want a list of pools")
+			return nil, nil, errors.New("the configuration is empty: want a list of pools")
 		}
-		return nil, fmt.Errorf("parsing configuration: %s", strings.TrimPrefix(err.Error(), "yaml: "))
+		return nil, nil, fmt.Errorf("parsing configuration: %s", strings.TrimPrefix(err.Error(), "yaml: "))
 	}
 	if len(f.Pools) == 0 {
-		return nil, errors.New("pools: want at least one pool")
+		return nil, nil, errors.New("pools: want at least one pool")
 	}
 	seen := map[string]bool{}
 	var specs []pool.Spec
 	for i, d := range f.Pools {
 		s, err := d.spec()
 		if err != nil {
-			return nil, fmt.Errorf("pools[%d] (%s).%w", i, d.Name, err)
+			return nil, nil, fmt.Errorf("pools[%d] (%s).%w", i, d.Name, err)
 		}
 		if seen[s.Name] {
-			return nil, fmt.Errorf("pools[%d].name: %q declared twice", i, s.Name)
+			return nil, nil, fmt.Errorf("pools[%d].name: %q declared twice", i, s.Name)
 		}
 		seen[s.Name] = true
 		specs = append(specs, s)
 	}
-	return specs, nil
+	return &f, specs, nil
 }
 
 // Default is the configuration without a file: one PythonLTS pool named "default".

@@ -1,18 +1,20 @@
 // Package image is sessiond's image store: unpacked root filesystems on local disk,
-// addressed by content (the sha256 of the uncompressed tar stream they came from) and
-// named for users ("python", "python-small", "name:tag"). Sandboxes share an image's RootFS
-// read-only; the runtime puts a writable layer above it.
+// addressed by content and named for users ("python", "python-small", "name:tag",
+// "registry.example/app:v1"). Images come from tarballs (Import), from image/build, or from
+// OCI/Docker registries (Pull). Sandboxes share an image's RootFS read-only; the runtime
+// puts a writable layer above it.
 //
 // The store is a directory:
 //
-//	index.json     names, IDs, sizes and configs; replaced atomically
-//	index.lock     flock serializing index updates across processes
-//	rootfs/<hex>/  one unpacked tree per image ID
-//	tmp/           imports in progress and removals; tmp.lock guards its clean-up
+//	index.json            names, IDs, digests, sizes and configs; replaced atomically
+//	index.lock            flock serializing index updates across processes
+//	rootfs/<hex>/         one unpacked tree per image ID
+//	blobs/sha256/<hex>    compressed layers of pulled images, verified, shared between them
+//	tmp/                  imports and pulls in progress, removals; tmp.lock guards its clean-up
 //
-// It also holds ApplyLayer, the hardened tar unpacker that registry pulls reuse. It does
-// not build images (see image/build), pull from registries, or know which sandboxes use an
-// image: callers must not remove an image a sandbox still runs on.
+// It also holds ApplyLayer, the hardened tar unpacker that imports and pulls use. It does
+// not build images (see image/build) or know which sandboxes use an image: callers must not
+// remove an image a sandbox still runs on.
 //
 // Any package may import image; it imports only errkind of sessiond's.
 package image
@@ -37,6 +39,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/klauspost/compress/zstd"
+
 	"github.com/sessiond/sessiond/internal/errkind"
 )
 
@@ -45,8 +49,18 @@ type Image struct {
 	// Name is how users refer to the image; "" for an image whose name was re-imported
 	// onto different content (see Store.Import).
 	Name string `json:"name,omitempty"`
-	// ID is "sha256:" and the hex sha256 of the uncompressed root-filesystem tarball.
+	// ID is "sha256:" and a hex sha256: of the uncompressed root-filesystem tarball for an
+	// imported or built image, of the image config (which names every layer's content) for
+	// a pulled one.
 	ID string `json:"id"`
+	// Digest is, for a pulled image, the registry digest its reference resolved to: the
+	// manifest's, or the index's for a multi-platform image, so Name's repository plus
+	// "@"+Digest pins it. "" for imported and built images.
+	Digest string `json:"digest,omitempty"`
+	// Layers are the digests of the compressed layer blobs a pulled image was unpacked from.
+	// The store keeps each blob while an image lists it, so pulls of images that share
+	// layers download them once.
+	Layers []string `json:"layers,omitempty"`
 	// RootFS is the absolute path of the unpacked tree. Treat it as read-only.
 	RootFS string `json:"rootfs,omitempty"`
 	// Size is the number of bytes of file content unpacked.
@@ -70,6 +84,8 @@ type Config struct {
 	WorkingDir string            `json:"workingDir,omitempty"`
 	User       string            `json:"user,omitempty"`
 	Labels     map[string]string `json:"labels,omitempty"`
+	// ExposedPorts are the ports the image declares, as "8080/tcp" or "53/udp", sorted.
+	ExposedPorts []string `json:"exposedPorts,omitempty"`
 	// Packages lists the Debian packages installed in the image, for reporting.
 	Packages []Package `json:"packages,omitempty"`
 }
@@ -105,7 +121,7 @@ func Open(dir string) (*Store, error) {
 	for _, d := range []struct {
 		path string
 		perm fs.FileMode
-	}{{s.dir, 0o755}, {s.rootfsDir(), 0o755}, {s.tmpDir(), 0o700}} {
+	}{{s.dir, 0o755}, {s.rootfsDir(), 0o755}, {s.blobsDir(), 0o700}, {s.tmpDir(), 0o700}} {
 		if err := os.MkdirAll(d.path, d.perm); err != nil {
 			return nil, fmt.Errorf("opening image store: %w", err)
 		}
@@ -125,8 +141,14 @@ func (s *Store) Dir() string { return s.dir }
 func (s *Store) indexPath() string { return filepath.Join(s.dir, "index.json") }
 func (s *Store) rootfsDir() string { return filepath.Join(s.dir, "rootfs") }
 func (s *Store) tmpDir() string    { return filepath.Join(s.dir, "tmp") }
+func (s *Store) blobsDir() string  { return filepath.Join(s.dir, "blobs", "sha256") }
 func (s *Store) rootfsPath(id string) string {
 	return filepath.Join(s.rootfsDir(), strings.TrimPrefix(id, idPrefix))
+}
+
+// blobPath is where the store keeps the blob with digest "sha256:<hex>".
+func (s *Store) blobPath(digest string) string {
+	return filepath.Join(s.blobsDir(), strings.TrimPrefix(digest, idPrefix))
 }
 
 // Get returns the image ref names: a name, a full "sha256:<hex>" ID, or a hex prefix of at
@@ -156,7 +178,8 @@ func (s *Store) List(ctx context.Context) ([]Image, error) {
 
 // Remove removes the image ref names (see Get). For a name, it removes that name; for an ID
 // it removes the image's only name, and fails with Invalid when several names share it.
-// When no name refers to the ID any more, its rootfs is deleted too.
+// When no name refers to the ID any more, its rootfs is deleted too, and so are layer blobs
+// no remaining image lists.
 func (s *Store) Remove(ctx context.Context, ref string) error {
 	// Lock order everywhere: tmp.lock, then the index lock.
 	done, err := s.busy()
@@ -174,9 +197,10 @@ func (s *Store) Remove(ctx context.Context, ref string) error {
 	return nil
 }
 
-// unname does Remove's index update under the lock. When the rootfs is no longer named it
-// moves it into tmp/, so an import of the same content cannot adopt a half-deleted tree, and
-// returns the directory for the caller to delete without holding the lock.
+// unname does Remove's index update under the lock. What is no longer named (the rootfs,
+// layer blobs) it moves into tmp/, so an import or pull of the same content cannot adopt a
+// half-deleted tree, and returns the directory for the caller to delete without holding
+// the lock.
 func (s *Store) unname(ref string) (trash string, err error) {
 	unlock, err := s.lock()
 	if err != nil {
@@ -205,16 +229,26 @@ func (s *Store) unname(ref string) (trash string, err error) {
 	if err := s.writeIndex(ix); err != nil {
 		return "", fmt.Errorf("removing image %s: %w", ref, err)
 	}
-	if len(ix.byID(victim.ID)) > 0 {
+	used := ix.layers()
+	orphans := slices.DeleteFunc(slices.Clone(victim.Layers), func(d string) bool { return used[d] })
+	named := len(ix.byID(victim.ID)) > 0
+	if named && len(orphans) == 0 {
 		return "", nil
 	}
-	// From here a failure leaves an unnamed tree, which the next Open collects.
+	// From here a failure leaves an unnamed tree or blob, which the next Open collects.
 	trash, err = os.MkdirTemp(s.tmpDir(), "remove-")
 	if err != nil {
 		return "", fmt.Errorf("removing image %s: %w", ref, err)
 	}
-	if err := os.Rename(victim.RootFS, filepath.Join(trash, "rootfs")); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return trash, fmt.Errorf("removing image %s: %w", ref, err)
+	if !named {
+		if err := os.Rename(victim.RootFS, filepath.Join(trash, "rootfs")); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return trash, fmt.Errorf("removing image %s: %w", ref, err)
+		}
+	}
+	for _, d := range orphans {
+		if err := os.Rename(s.blobPath(d), filepath.Join(trash, strings.TrimPrefix(d, idPrefix))); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return trash, fmt.Errorf("removing image %s: %w", ref, err)
+		}
 	}
 	return trash, nil
 }
@@ -313,7 +347,7 @@ func (s *Store) Import(ctx context.Context, name string, r io.Reader, cfg Config
 			return Image{}, fmt.Errorf("importing %s: %w", name, err)
 		}
 	}
-	img, moved, err := s.commit(name, id, tmp, stats.Size, cfg)
+	img, moved, err := s.commit(Image{Name: name, ID: id, Size: stats.Size, Config: cfg}, tmp, "")
 	if moved {
 		tmp = ""
 	}
@@ -334,12 +368,20 @@ func unpack(ctx context.Context, dir string, r io.Reader) (string, LayerStats, e
 		return "", LayerStats{}, err
 	}
 	defer root.Close()
-	ur, err := decompress(bufio.NewReaderSize(&ctxReader{ctx: ctx, r: r}, 64<<10))
+	return applyCompressed(ctx, root, r, DefaultLimits)
+}
+
+// applyCompressed decompresses r (see decompress), applies it to root with ApplyLayer and
+// returns "sha256:" and the hex sha256 of the uncompressed stream: an imported image's ID, a
+// pulled layer's diff ID.
+func applyCompressed(ctx context.Context, root *os.Root, r io.Reader, lim Limits) (string, LayerStats, error) {
+	ur, closeDec, err := decompress(bufio.NewReaderSize(&ctxReader{ctx: ctx, r: r}, 64<<10))
 	if err != nil {
 		return "", LayerStats{}, err
 	}
+	defer closeDec()
 	h := sha256.New()
-	stats, err := ApplyLayer(ctx, root, io.TeeReader(ur, h), DefaultLimits)
+	stats, err := ApplyLayer(ctx, root, io.TeeReader(ur, h), lim)
 	if err != nil {
 		return "", stats, err
 	}
@@ -358,32 +400,48 @@ func unpack(ctx context.Context, dir string, r io.Reader) (string, LayerStats, e
 	return idPrefix + hex.EncodeToString(h.Sum(nil)), stats, nil
 }
 
-// decompress returns the uncompressed stream of br, sniffing its compression.
-func decompress(br *bufio.Reader) (io.Reader, error) {
+// maxZstdWindow bounds the memory a zstd stream may make the decoder allocate. 128 MiB is
+// the largest window zstd itself uses without an explicit --long=N above 27.
+const maxZstdWindow = 128 << 20
+
+// decompress returns the uncompressed stream of br, sniffing its compression (gzip, bzip2,
+// zstd or none), and a function releasing the decoder.
+func decompress(br *bufio.Reader) (io.Reader, func(), error) {
+	nop := func() {}
 	magic, err := br.Peek(4)
 	if err != nil && !errors.Is(err, io.EOF) {
-		return nil, fmt.Errorf("reading tarball: %w", err)
+		return nil, nop, fmt.Errorf("reading tarball: %w", err)
 	}
 	switch {
 	case len(magic) >= 2 && magic[0] == 0x1f && magic[1] == 0x8b:
 		zr, err := gzip.NewReader(br)
 		if err != nil {
-			return nil, errkind.Wrap(errkind.Invalid, fmt.Errorf("reading gzip tarball: %w", err))
+			return nil, nop, errkind.Wrap(errkind.Invalid, fmt.Errorf("reading gzip tarball: %w", err))
 		}
-		return zr, nil
+		return zr, nop, nil
 	case len(magic) >= 3 && string(magic[:3]) == "BZh":
-		return bzip2.NewReader(br), nil
+		return bzip2.NewReader(br), nop, nil
 	case len(magic) >= 4 && string(magic) == "\x28\xb5\x2f\xfd":
-		return nil, errkind.New(errkind.Invalid, "zstd-compressed tarballs are not supported; decompress first")
+		// One synchronous decoder: no goroutines, memory bounded by the window.
+		zr, err := zstd.NewReader(br, zstd.WithDecoderConcurrency(1), zstd.WithDecoderLowmem(true),
+			zstd.WithDecoderMaxWindow(maxZstdWindow), zstd.WithDecoderMaxMemory(uint64(DefaultLimits.MaxSize)))
+		if err != nil {
+			return nil, nop, errkind.Wrap(errkind.Invalid, fmt.Errorf("reading zstd tarball: %w", err))
+		}
+		return zr, zr.Close, nil
 	case len(magic) >= 4 && string(magic) == "\xfd7zX":
-		return nil, errkind.New(errkind.Invalid, "xz-compressed tarballs are not supported; decompress first")
+		return nil, nop, errkind.New(errkind.Invalid, "xz-compressed tarballs are not supported; decompress first")
 	}
-	return br, nil
+	return br, nop, nil
 }
 
-// commit moves an unpacked tree into rootfs/ (unless the ID is there already) and points
-// name at it. It reports whether tmp was moved, after which the caller must not delete it.
-func (s *Store) commit(name, id, tmp string, size int64, cfg Config) (img Image, moved bool, err error) {
+// commit records rec (Name, ID, Size, Config, and for a pulled image Digest and Layers)
+// in the index. It first moves the unpacked tree tmp into rootfs/ unless the ID is there
+// already, and each of rec.Layers from blobDir into blobs/ unless it is there already. An
+// empty tmp means the tree must exist: Unavailable if it vanished meanwhile. A record with
+// no Layers whose ID is known inherits the Layers of that ID's records. commit reports
+// whether tmp was moved, after which the caller must not delete it.
+func (s *Store) commit(rec Image, tmp, blobDir string) (img Image, moved bool, err error) {
 	unlock, err := s.lock()
 	if err != nil {
 		return Image{}, false, err
@@ -393,8 +451,23 @@ func (s *Store) commit(name, id, tmp string, size int64, cfg Config) (img Image,
 	if err != nil {
 		return Image{}, false, err
 	}
+	name, id := rec.Name, rec.ID
+	for _, d := range rec.Layers {
+		// A blob already in blobs/ is complete: it was verified before it was moved there.
+		dst := s.blobPath(d)
+		if _, err := os.Lstat(dst); errors.Is(err, fs.ErrNotExist) {
+			if err := os.Rename(filepath.Join(blobDir, strings.TrimPrefix(d, idPrefix)), dst); err != nil {
+				return Image{}, false, fmt.Errorf("publishing layer %s: %w", d, err)
+			}
+		} else if err != nil {
+			return Image{}, false, fmt.Errorf("checking layer %s: %w", d, err)
+		}
+	}
 	dst := s.rootfsPath(id)
 	if _, err := os.Lstat(dst); errors.Is(err, fs.ErrNotExist) {
+		if tmp == "" {
+			return Image{}, false, errkind.New(errkind.Unavailable, "image %s was removed while it was being named; try again", rec.ShortID())
+		}
 		if err := os.Rename(tmp, dst); err != nil {
 			return Image{}, false, fmt.Errorf("publishing rootfs: %w", err)
 		}
@@ -404,8 +477,17 @@ func (s *Store) commit(name, id, tmp string, size int64, cfg Config) (img Image,
 	}
 	// Otherwise the tree exists: indexed (dedupe), or left by a crash between rename and
 	// index write. Trees only ever appear in rootfs/ complete, so it is adopted either way.
+	if len(rec.Layers) == 0 {
+		for _, im := range ix.byID(id) {
+			if len(im.Layers) > 0 {
+				rec.Layers = im.Layers
+				break
+			}
+		}
+	}
 
-	img = Image{Name: name, ID: id, RootFS: dst, Size: size, Created: time.Now().UTC(), Config: cfg}
+	img = rec
+	img.RootFS, img.Created = dst, time.Now().UTC()
 	var prev *Image
 	if i := ix.byName(name); i >= 0 {
 		p := ix.Images[i]
@@ -433,9 +515,9 @@ func (s *Store) commit(name, id, tmp string, size int64, cfg Config) (img Image,
 	return img, moved, nil
 }
 
-// collect deletes what crashes left: everything in tmp/ and rootfs trees that no record
-// names. It does nothing when another process holds tmp.lock, since its work in progress
-// looks the same as debris.
+// collect deletes what crashes left: everything in tmp/, and rootfs trees and layer blobs
+// that no record names. It does nothing when another process holds tmp.lock, since its
+// work in progress looks the same as debris.
 func (s *Store) collect() error {
 	f, err := flock(filepath.Join(s.dir, "tmp.lock"), syscall.LOCK_EX|syscall.LOCK_NB)
 	if errors.Is(err, syscall.EWOULDBLOCK) {
@@ -469,6 +551,16 @@ func (s *Store) collect() error {
 	for _, e := range trees {
 		if len(ix.byID(idPrefix+e.Name())) == 0 {
 			debris = append(debris, filepath.Join(s.rootfsDir(), e.Name()))
+		}
+	}
+	blobs, err := os.ReadDir(s.blobsDir())
+	if err != nil {
+		return fmt.Errorf("collecting debris: %w", err)
+	}
+	used := ix.layers()
+	for _, e := range blobs {
+		if !used[idPrefix+e.Name()] {
+			debris = append(debris, filepath.Join(s.blobsDir(), e.Name()))
 		}
 	}
 	stale, _ := filepath.Glob(filepath.Join(s.dir, ".index-*.json"))

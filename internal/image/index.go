@@ -41,6 +41,17 @@ func (ix *index) byID(id string) []Image {
 	return out
 }
 
+// layers returns the set of layer blobs the records list.
+func (ix *index) layers() map[string]bool {
+	used := map[string]bool{}
+	for _, im := range ix.Images {
+		for _, d := range im.Layers {
+			used[d] = true
+		}
+	}
+	return used
+}
+
 // sort orders records by name, unnamed ones last by ID, so index.json and List are stable.
 func (ix *index) sort() {
 	slices.SortFunc(ix.Images, func(a, b Image) int {
