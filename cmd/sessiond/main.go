@@ -33,7 +33,8 @@ type command struct {
 // commands is the subcommand table.
 var commands = map[string]command{
 	"serve":   {"serve pools over the Azure-compatible API", cmdServe},
-	"image":   {"manage images: build, import, ls, rm", cmdImage},
+	"image":   {"manage images: build, pull, import, ls, rm", cmdImage},
+	"apikey":  {"make an API key and its configuration entry", cmdAPIKey},
 	"sandbox": {"debug sandboxes: run, ls, rm", cmdSandbox},
 	"bench":   {"measure sandbox latency and memory", cmdBench},
 	"version": {"print the version", cmdVersion},
