@@ -42,7 +42,7 @@ import (
 // forwarding guard leaves other sessiond instances' veths alone.
 type firewall struct {
 	table      *nftables.Table
-	prefix     string     // host-side veth name prefix
+	prefix     string // host-side veth name prefix
 	subnet     netip.Prefix
 	forwarder  netip.Addr // the DNS forwarder's address
 	deny       []netip.Prefix
