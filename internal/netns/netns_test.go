@@ -397,6 +397,17 @@ func TestDNSForwarder(t *testing.T) {
 	if !r.Truncated || r.Len() > dns.MinMsgSize {
 		t.Errorf("UDP answer of %d bytes, truncated %v; want at most %d bytes, truncated", r.Len(), r.Truncated, dns.MinMsgSize)
 	}
+	// A client offering a larger EDNS buffer gets at most 1232 bytes over UDP.
+	m := new(dns.Msg)
+	m.SetQuestion(netnstest.BigName+".", dns.TypeTXT)
+	m.SetEdns0(4096, false)
+	r, err = netnstest.Exchange(a.Path, fwd, "udp", m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !r.Truncated || r.Len() > 1232 || r.Len() <= dns.MinMsgSize {
+		t.Errorf("UDP answer with EDNS: %d bytes, truncated %v; want %d..1232 bytes, truncated", r.Len(), r.Truncated, dns.MinMsgSize)
+	}
 	r, err = netnstest.Query(a.Path, fwd, "tcp", netnstest.BigName, dns.TypeTXT)
 	if err != nil {
 		t.Fatal(err)
@@ -414,7 +425,7 @@ func TestDNSForwarder(t *testing.T) {
 	}
 	// The host is not a sandbox: refused.
 	c := &dns.Client{Timeout: 3 * time.Second}
-	m := new(dns.Msg)
+	m = new(dns.Msg)
 	m.SetQuestion(dns.Fqdn(netnstest.AllowedName), dns.TypeA)
 	r, _, err = c.Exchange(m, fwd.String())
 	if err != nil || r.Rcode != dns.RcodeRefused {
@@ -608,4 +619,19 @@ func assertNoTable(t *testing.T, name string) {
 	if _, err := c.ListTableOfFamily(name, nftables.TableFamilyINet); err == nil {
 		t.Errorf("table %s still exists after Uninstall", name)
 	}
+}
+
+// TestMaxResolved: a sandbox whose names resolved to more addresses than its set holds
+// gets SERVFAIL rather than an address it could not reach.
+func TestMaxResolved(t *testing.T) {
+	f := newFixture(t, func(c *netns.Config) { c.MaxResolved = 1 })
+	a := f.setup(t, "small", netns.Policy{Enabled: true, AllowDomains: []string{netnstest.AllowedName, "*." + netnstest.WildDomain}})
+	if r, addrs := resolve(t, a, f.m.ForwarderAddr(), netnstest.AllowedName); r.Rcode != dns.RcodeSuccess || len(addrs) != 1 {
+		t.Fatalf("first name: %v", r)
+	}
+	if r, _ := resolve(t, a, f.m.ForwarderAddr(), "a."+netnstest.WildDomain); r.Rcode != dns.RcodeServerFailure {
+		t.Errorf("second address beyond MaxResolved=1: rcode %s, want SERVFAIL", dns.RcodeToString[r.Rcode])
+	}
+	mustNotReach(t, a.Path, web(netnstest.Wild))
+	mustReach(t, a.Path, netnstest.Addr)
 }

@@ -1,6 +1,7 @@
 package netns
 
 import (
+	"log/slog"
 	"net"
 	"net/netip"
 	"os"
@@ -202,5 +203,47 @@ func TestRemoteAddr(t *testing.T) {
 	}
 	if _, ok := remoteAddr(&net.UnixAddr{Name: "x"}); ok {
 		t.Errorf("a unix address was taken for a sandbox")
+	}
+}
+
+// TestForwarderBounds drives the forwarder's answer logic without sockets: queries beyond
+// the in-flight bound get SERVFAIL, unknown clients REFUSED, malformed queries an error,
+// and a UDP answer never exceeds maxUDPResponse whatever the client's EDNS buffer says.
+func TestForwarderBounds(t *testing.T) {
+	sandbox := netip.MustParseAddr("10.88.0.6")
+	f := &forwarder{sem: make(chan struct{}, 1), cfg: forwarderConfig{
+		sandbox: func(a netip.Addr) (uint32, Policy, bool) {
+			return 1, Policy{Enabled: true, AllowDomains: []string{"ok.test"}}, a == sandbox
+		},
+		log: slog.New(slog.DiscardHandler),
+	}}
+	from := &net.UDPAddr{IP: sandbox.AsSlice(), Port: 1000}
+	q := func(name string, qtype uint16) *dns.Msg {
+		m := new(dns.Msg)
+		m.SetQuestion(name, qtype)
+		return m
+	}
+	f.sem <- struct{}{} // one query in flight: the bound is reached
+	if r := f.answer(from, q("ok.test.", dns.TypeAAAA)); r.Rcode != dns.RcodeServerFailure {
+		t.Errorf("beyond the in-flight bound: %s, want SERVFAIL", dns.RcodeToString[r.Rcode])
+	}
+	<-f.sem
+	for _, c := range []struct {
+		from net.Addr
+		req  *dns.Msg
+		want int
+	}{
+		{&net.UDPAddr{IP: net.ParseIP("10.88.0.10"), Port: 1}, q("ok.test.", dns.TypeA), dns.RcodeRefused},
+		{from, q("no.test.", dns.TypeA), dns.RcodeNameError},
+		{from, q("ok.test.", dns.TypeAAAA), dns.RcodeSuccess},
+		{from, q("ok.test.", dns.TypeANY), dns.RcodeNotImplemented},
+		{from, &dns.Msg{}, dns.RcodeFormatError},
+	} {
+		if r := f.answer(c.from, c.req); r.Rcode != c.want {
+			t.Errorf("answer(%v, %v) = %s, want %s", c.from, c.req.Question, dns.RcodeToString[r.Rcode], dns.RcodeToString[c.want])
+		}
+	}
+	if len(f.sem) != 0 {
+		t.Errorf("%d in-flight slots leaked", len(f.sem))
 	}
 }

@@ -342,6 +342,14 @@ func Get(ns string, addr netip.AddrPort) (string, error) {
 // Query sends a DNS query from inside the network namespace ns to server over network
 // ("udp" or "tcp") and returns the response.
 func Query(ns string, server netip.AddrPort, network, name string, qtype uint16) (*dns.Msg, error) {
+	m := new(dns.Msg)
+	m.SetQuestion(dns.Fqdn(name), qtype)
+	return Exchange(ns, server, network, m)
+}
+
+// Exchange sends m from inside the network namespace ns to server over network and
+// returns the response.
+func Exchange(ns string, server netip.AddrPort, network string, m *dns.Msg) (*dns.Msg, error) {
 	var conn net.Conn
 	err := netns.Do(ns, func() error {
 		var err error
@@ -352,9 +360,7 @@ func Query(ns string, server netip.AddrPort, network, name string, qtype uint16)
 		return nil, err
 	}
 	defer conn.Close()
-	m := new(dns.Msg)
-	m.SetQuestion(dns.Fqdn(name), qtype)
-	c := &dns.Client{Net: network, Timeout: 3 * time.Second}
+	c := &dns.Client{Net: network, Timeout: 3 * time.Second, UDPSize: dns.MaxMsgSize}
 	r, _, err := c.ExchangeWithConn(m, &dns.Conn{Conn: conn})
 	return r, err
 }
