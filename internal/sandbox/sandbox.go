@@ -10,6 +10,7 @@ package sandbox
 
 import (
 	"context"
+	"net/netip"
 	"time"
 
 	"github.com/sessiond/sessiond/internal/agentapi"
@@ -82,6 +83,24 @@ type Spec struct {
 	// Background starts the sandbox with a low CPU weight, so that warming it up yields
 	// to sandboxes serving sessions, until Promote (where the runtime is a Promoter).
 	Background bool
+	// Network is the sandbox's network; the zero value is none (loopback only).
+	Network Network
+}
+
+// Network says what a sandbox may reach over IP (pool setting
+// sessionNetworkConfiguration.status, plus sessiond's allow-lists). Whatever it says, the
+// host itself, the control plane, other sandboxes, private, link-local and metadata
+// addresses stay unreachable; the rules are enforced on the host, outside the sandbox.
+type Network struct {
+	// Egress (EgressEnabled) gives the sandbox outbound IPv4 through NAT on the host and
+	// DNS through the host's forwarder. False (EgressDisabled): loopback only.
+	Egress bool
+	// AllowCIDRs, if set, limit egress to these IPv4 networks (and AllowDomains).
+	AllowCIDRs []netip.Prefix
+	// AllowDomains, if set, limit egress to these names ("example.com", "*.example.com":
+	// any name below) and the addresses they resolve to (and AllowCIDRs); other names do
+	// not resolve.
+	AllowDomains []string
 }
 
 // Promoter is an optional Runtime ability: Promote gives a sandbox created with

@@ -55,6 +55,13 @@ type bundleParams struct {
 	hostPids int64
 	// hostMemory is the memory cgroup limit and memGuard the agent's (flavor.hostMemory).
 	hostMemory, memGuard int64
+	// netnsPath, for an egress sandbox, is the network namespace to join and resolvConf
+	// the host file mounted at /etc/resolv.conf; see flavor.noIPv6Sysctl.
+	netnsPath, resolvConf string
+	noIPv6Sysctl          bool
+	// sysfs, if set, is a host mount of sysfs made inside the sandbox's network namespace,
+	// bound at /sys instead of a new sysfs (see Runtime.mountSysfs).
+	sysfs string
 }
 
 // buildSpec returns the runtime-spec configuration of a sandbox.
@@ -113,7 +120,7 @@ func buildSpec(p bundleParams) *specs.Spec {
 			Resources:   resources(p.limits, p.hostMemory, p.hostPids, p.spec.Background),
 			Namespaces: []specs.LinuxNamespace{
 				{Type: specs.PIDNamespace}, {Type: specs.IPCNamespace}, {Type: specs.UTSNamespace},
-				{Type: specs.MountNamespace}, {Type: specs.NetworkNamespace},
+				{Type: specs.MountNamespace}, {Type: specs.NetworkNamespace, Path: p.netnsPath},
 			},
 			MaskedPaths:   maskedPaths,
 			ReadonlyPaths: readonlyPaths,
@@ -127,6 +134,9 @@ func buildSpec(p bundleParams) *specs.Spec {
 	}
 	if p.seccomp {
 		s.Linux.Seccomp = seccompProfile()
+	}
+	if p.noIPv6Sysctl && p.netnsPath != "" {
+		s.Linux.Sysctl = map[string]string{"net.ipv6.conf.all.disable_ipv6": "1"}
 	}
 	return s
 }
@@ -151,6 +161,16 @@ func mounts(p bundleParams) []specs.Mount {
 		{Destination: homeDir, Type: "bind", Source: filepath.Join(p.rwDir, "home"), Options: append([]string{"rbind", "rw"}, nosuid...)},
 		{Destination: agentapi.SocketDir, Type: "bind", Source: p.sockDir, Options: append([]string{"rbind", "rw", "noexec"}, nosuid...)},
 		{Destination: agentapi.AgentPath, Type: "bind", Source: p.agentBin, Options: append([]string{"bind", "ro"}, nosuid...)},
+	}
+	if p.sysfs != "" {
+		for i := range ms {
+			if ms[i].Destination == "/sys" {
+				ms[i] = specs.Mount{Destination: "/sys", Type: "bind", Source: p.sysfs, Options: []string{"rbind", "ro", "nosuid", "noexec", "nodev"}}
+			}
+		}
+	}
+	if p.resolvConf != "" {
+		ms = append(ms, specs.Mount{Destination: "/etc/resolv.conf", Type: "bind", Source: p.resolvConf, Options: append([]string{"bind", "ro", "noexec"}, nosuid...)})
 	}
 	if p.userNS {
 		// A cgroup namespace shows the sandbox only its own cgroup.

@@ -11,9 +11,16 @@
 //	rw/           tmpfs of Limits.DiskBytes: upper/, work/ (runc), data/, tmp/, home/,
 //	              and gVisor's overlay filestore (runsc)
 //	sock/         mounted at /run/sessiond; the agent creates agent.sock here
+//	resolv.conf   egress sandboxes only: mounted read-only at /etc/resolv.conf
+//	sys/          runc egress sandboxes only: sysfs of their network namespace (mountSysfs)
 //	runtime.log   the OCI runtime's own log (never written by sandbox code)
 //
-// The package imports sandbox, agentapi and errkind; only cmd/sessiond constructs it.
+// A sandbox without egress gets a new, empty network namespace from the runtime (runc) or
+// gVisor's loopback-only netstack (runsc --network=none). One with egress joins the
+// namespace that netns.Manager set up for it (runsc: --network=sandbox, gVisor's netstack
+// takes over that namespace's interface); the firewall stays on the host.
+//
+// The package imports sandbox, netns, agentapi and errkind; only cmd/sessiond constructs it.
 package oci
 
 import (
@@ -38,6 +45,7 @@ import (
 
 	"github.com/sessiond/sessiond/internal/agentapi"
 	"github.com/sessiond/sessiond/internal/errkind"
+	"github.com/sessiond/sessiond/internal/netns"
 	"github.com/sessiond/sessiond/internal/sandbox"
 )
 
@@ -58,7 +66,11 @@ type flavor struct {
 	// hostPids returns the host pids cgroup limit for a sandbox limited to pids processes.
 	hostPids func(pids int64) int64
 	// flags renders the runtime-specific global flags for one sandbox.
-	flags func(rwDir string, l sandbox.Limits) []string
+	flags func(rwDir string, l sandbox.Limits, egress bool) []string
+	// noIPv6Sysctl: an egress sandbox's spec says net.ipv6.conf.all.disable_ipv6=1. runsc
+	// reads it to leave IPv6 out of its netstack; runc would write it, which its user
+	// namespace may not do in the host-owned namespace (where netns has set it already).
+	noIPv6Sysctl bool
 }
 
 // flavors is the table of supported OCI runtimes.
@@ -69,7 +81,7 @@ var flavors = map[string]flavor{
 		// The host kernel's memory cgroup kills the process that overdraws, inside the
 		// sandbox only.
 		hostMemory: func(mem int64) (int64, int64) { return mem, 0 },
-		flags:      func(string, sandbox.Limits) []string { return nil },
+		flags:      func(string, sandbox.Limits, bool) []string { return nil },
 	},
 	"runsc": {
 		isolation: "gvisor",
@@ -80,15 +92,21 @@ var flavors = map[string]flavor{
 		// A host OOM kill would take the sentry, so the whole sandbox: the agent's memory
 		// guard enforces the limit inside, and the host cgroup, with headroom for the
 		// sentry and the guard's sampling interval, stays the hard bound.
-		hostMemory: func(mem int64) (int64, int64) { return mem + mem/4 + 256<<20, mem },
-		flags: func(rwDir string, l sandbox.Limits) []string {
+		hostMemory:   func(mem int64) (int64, int64) { return mem + mem/4 + 256<<20, mem },
+		noIPv6Sysctl: true,
+		flags: func(rwDir string, l sandbox.Limits, egress bool) []string {
+			network := "--network=none" // loopback only
+			if egress {
+				// gVisor's netstack takes over the interface of the namespace in the spec,
+				// which netns.Manager set up; the host's firewall filters what leaves it.
+				network = "--network=sandbox"
+			}
 			return []string{
 				// systrap works without /dev/kvm and on nested virtualization.
 				"--platform=systrap",
 				// The agent creates its socket in a host directory.
 				"--host-uds=create",
-				// Loopback only; egress comes from a later network layer.
-				"--network=none",
+				network,
 				// A fresh empty network namespace per gofer, instead of one shared namespace
 				// kept mounted in the runtime root for ever.
 				"--gofer-network-namespace=new",
@@ -120,6 +138,9 @@ type Config struct {
 	// UIDBase is the first host uid handed to runc user namespaces (default 1<<20); each
 	// sandbox gets its own range of 65536 ids above it.
 	UIDBase uint32
+	// Network sets up the networks of sandboxes with Spec.Network.Egress; nil refuses them
+	// (Unavailable). Sandboxes without egress never use it.
+	Network *netns.Manager
 	Log     *slog.Logger
 }
 
@@ -264,7 +285,13 @@ func validateSpec(s sandbox.Spec) error {
 			return errkind.New(errkind.Invalid, "environment entry %q: want KEY=VALUE", e)
 		}
 	}
-	return nil
+	_, err := netPolicy(s.Network).Validate()
+	return err
+}
+
+// netPolicy is the netns policy of a sandbox's network.
+func netPolicy(n sandbox.Network) netns.Policy {
+	return netns.Policy{Enabled: n.Egress, AllowCIDRs: n.AllowCIDRs, AllowDomains: n.AllowDomains}
 }
 
 // Create implements sandbox.Runtime.
@@ -274,6 +301,9 @@ func (r *Runtime) Create(ctx context.Context, spec sandbox.Spec) (info sandbox.I
 	}
 	if c := r.Capabilities(); !c.Available {
 		return sandbox.Info{}, errkind.New(errkind.Unavailable, "runtime %s unavailable: %s", r.cfg.Name, c.Reason)
+	}
+	if spec.Network.Egress && r.cfg.Network == nil {
+		return sandbox.Info{}, errkind.New(errkind.Unavailable, "runtime %s: egress networking is not configured", r.cfg.Name)
 	}
 	id := spec.ID
 	if id == "" {
@@ -334,11 +364,22 @@ func (r *Runtime) Create(ctx context.Context, spec sandbox.Spec) (info sandbox.I
 	if err := os.Chmod(dir, 0o710); err != nil {
 		return sandbox.Info{}, fmt.Errorf("setting mode of sandbox directory: %w", err)
 	}
-	if err := r.prepare(dir, spec, rec); err != nil {
+	// The network comes before the bundle, which names its namespace; Destroy (above, on
+	// failure) tears it down again.
+	var att *netns.Attachment
+	if spec.Network.Egress {
+		if att, err = r.cfg.Network.Setup(ctx, id, netPolicy(spec.Network)); err != nil {
+			return sandbox.Info{}, fmt.Errorf("preparing sandbox %s: %w", id, err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, "resolv.conf"), att.ResolvConf, 0o644); err != nil {
+			return sandbox.Info{}, fmt.Errorf("preparing sandbox %s: writing resolv.conf: %w", id, err)
+		}
+	}
+	if err := r.prepare(dir, spec, rec, att); err != nil {
 		return sandbox.Info{}, fmt.Errorf("preparing sandbox %s: %w", id, err)
 	}
 	pidFile := filepath.Join(dir, "pid")
-	c := r.cli(append([]string{"--log", filepath.Join(dir, "runtime.log")}, r.fl.flags(filepath.Join(dir, "rw"), limits)...)...)
+	c := r.cli(append([]string{"--log", filepath.Join(dir, "runtime.log")}, r.fl.flags(filepath.Join(dir, "rw"), limits, att != nil)...)...)
 	if err := c.runDetached(ctx, id, dir, pidFile); err != nil {
 		return sandbox.Info{}, fmt.Errorf("starting sandbox %s: %w%s", id, err, r.logTail(dir))
 	}
@@ -356,8 +397,9 @@ func (r *Runtime) Create(ctx context.Context, spec sandbox.Spec) (info sandbox.I
 	return rec.info(), nil
 }
 
-// prepare builds the sandbox's storage and bundle in dir.
-func (r *Runtime) prepare(dir string, spec sandbox.Spec, rec record) error {
+// prepare builds the sandbox's storage and bundle in dir; att is its egress network (nil:
+// none).
+func (r *Runtime) prepare(dir string, spec sandbox.Spec, rec record, att *netns.Attachment) error {
 	root := rec.UIDBase // host uid of root inside the sandbox (0 without a user namespace)
 	user := root + agentapi.UserUID
 	rw := filepath.Join(dir, "rw")
@@ -408,23 +450,52 @@ func (r *Runtime) prepare(dir string, spec sandbox.Spec, rec record) error {
 		// Root inside a user namespace does not own the image's directories, so the
 		// runtime could not create mount points in them: make them here, as host root.
 		// They land in the sandbox's own upper layer.
-		if err := makeMountPoints(rootPath); err != nil {
+		if err := makeMountPoints(rootPath, att != nil); err != nil {
 			return err
 		}
 	}
 	hostMem, guard := r.fl.hostMemory(rec.Limits.MemoryBytes)
-	s := buildSpec(bundleParams{
+	var err error
+	p := bundleParams{
 		id: rec.ID, spec: spec, limits: rec.Limits, rootPath: rootPath, rootRO: rootRO,
 		rwDir: rw, sockDir: sock, agentBin: r.cfg.AgentBinary,
 		userNS: r.fl.userNS, uidBase: rec.UIDBase, seccomp: r.fl.seccomp, hostPids: r.fl.hostPids(rec.Limits.Pids), memGuard: guard, hostMemory: hostMem, cgroup: "/" + r.cfg.CgroupParent + "/" + rec.ID,
+	}
+	if att != nil {
+		p.netnsPath, p.resolvConf, p.noIPv6Sysctl = att.Path, filepath.Join(dir, "resolv.conf"), r.fl.noIPv6Sysctl
+		if r.fl.userNS {
+			if p.sysfs, err = mountSysfs(dir, att.Path); err != nil {
+				return err
+			}
+		}
+	}
+	return writeBundle(dir, buildSpec(p))
+}
+
+// mountSysfs mounts a read-only sysfs at dir/sys from inside the network namespace at
+// nsPath and returns its path. A sandbox in a user namespace of its own may not mount
+// sysfs itself in a network namespace the host owns (the kernel wants CAP_SYS_ADMIN over
+// the namespace's owner), but it may bind this one, which shows the same as its own
+// would: the devices of its namespace (lo, eth0), not the host's.
+func mountSysfs(dir, nsPath string) (string, error) {
+	target := filepath.Join(dir, "sys")
+	if err := os.Mkdir(target, 0o755); err != nil {
+		return "", fmt.Errorf("creating sysfs mount point: %w", err)
+	}
+	err := netns.Do(nsPath, func() error {
+		return unix.Mount("sysfs", target, "sysfs", unix.MS_RDONLY|unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, "")
 	})
-	return writeBundle(dir, s)
+	if err != nil {
+		return "", fmt.Errorf("mounting sysfs for the sandbox: %w", err)
+	}
+	return target, nil
 }
 
 // makeMountPoints creates the mount points of sessiond's own mounts below rootfs, through
 // an os.Root: the image may hold symlinks (an "mnt -> /etc"), which must never lead this
-// host-root code out of the sandbox's tree.
-func makeMountPoints(rootfs string) error {
+// host-root code out of the sandbox's tree. With resolvConf, /etc/resolv.conf too, unless
+// the image has one (a file or a link, which runc resolves inside the rootfs).
+func makeMountPoints(rootfs string, resolvConf bool) error {
 	root, err := os.OpenRoot(rootfs)
 	if err != nil {
 		return fmt.Errorf("opening rootfs: %w", err)
@@ -435,11 +506,23 @@ func makeMountPoints(rootfs string) error {
 			return fmt.Errorf("creating mount point %s: %w", d, err)
 		}
 	}
-	f, err := root.OpenFile(strings.TrimPrefix(agentapi.AgentPath, "/"), os.O_CREATE|os.O_RDONLY, 0o755)
-	if err != nil {
-		return fmt.Errorf("creating mount point %s: %w", agentapi.AgentPath, err)
+	files := []string{agentapi.AgentPath}
+	if resolvConf {
+		if _, err := root.Lstat("etc/resolv.conf"); err != nil {
+			files = append(files, "/etc/resolv.conf")
+		}
 	}
-	return f.Close()
+	for _, name := range files {
+		if err := root.MkdirAll(filepath.Dir(strings.TrimPrefix(name, "/")), 0o755); err != nil {
+			return fmt.Errorf("creating mount point %s: %w", name, err)
+		}
+		f, err := root.OpenFile(strings.TrimPrefix(name, "/"), os.O_CREATE|os.O_RDONLY, 0o755)
+		if err != nil {
+			return fmt.Errorf("creating mount point %s: %w", name, err)
+		}
+		f.Close()
+	}
+	return nil
 }
 
 // waitHealthy polls the agent until it answers or ctx ends.
@@ -580,7 +663,17 @@ func (r *Runtime) Destroy(ctx context.Context, id string) error {
 	if err := removeCgroups(r.cfg.CgroupParent, id, time.Now().Add(10*time.Second)); err != nil {
 		errs = append(errs, err)
 	}
+	// The network goes once nothing runs in it; idempotent, and a no-op for sandboxes
+	// without egress.
+	if r.cfg.Network != nil {
+		if err := r.cfg.Network.Teardown(ctx, id); err != nil {
+			errs = append(errs, err)
+		}
+	}
 	if err := unmount(filepath.Join(dir, "rootfs")); err != nil {
+		errs = append(errs, err)
+	}
+	if err := unmount(filepath.Join(dir, "sys")); err != nil {
 		errs = append(errs, err)
 	}
 	if err := unmount(filepath.Join(dir, "rw")); err != nil {
