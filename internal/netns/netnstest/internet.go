@@ -1,6 +1,6 @@
 // Package netnstest gives tests a stand-in internet on this machine, so that sandbox
 // egress can be tested for real without any traffic leaving the host: a network namespace
-// joined to the host by a veth, holding "public" addresses (TEST-NET-3, 198.51.100.0/24)
+// joined to the host by a veth, holding "public" addresses (TEST-NET-2, 198.51.100.0/24; this machine reaches its package mirrors in TEST-NET-3)
 // with an HTTP server and a DNS server, and also the private, link-local and metadata
 // addresses sandboxes must never reach, with the same servers behind them, so that a
 // broken deny rule shows up as an answer rather than as a timeout. Policy routing sends
