@@ -7,6 +7,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"github.com/sessiond/sessiond/internal/netns"
 	"io"
 	"log/slog"
 	"os"
@@ -22,6 +23,9 @@ type globals struct {
 	Stdout  io.Writer
 	Stderr  io.Writer
 	Log     *slog.Logger
+	// Network sets up egress networks for the runtimes opened from here; nil: sandboxes
+	// with egress are refused (only serve starts one).
+	Network *netns.Manager
 }
 
 // command is one subcommand: run parses its own flags from args.

@@ -15,6 +15,7 @@ import (
 	"github.com/sessiond/sessiond/internal/api"
 	"github.com/sessiond/sessiond/internal/auth"
 	"github.com/sessiond/sessiond/internal/config"
+	"github.com/sessiond/sessiond/internal/netns"
 	"github.com/sessiond/sessiond/internal/store"
 	"github.com/sessiond/sessiond/internal/tlscert"
 )
@@ -61,6 +62,18 @@ func cmdServe(ctx context.Context, g *globals, args []string) error {
 		return err
 	}
 
+	// Egress networks: the host's firewall table and DNS forwarder. Started whatever the
+	// pools say, so that a previous process's egress sandboxes are torn down properly.
+	network, err := netns.New(netns.Config{Log: g.Log})
+	if err != nil {
+		return err
+	}
+	if err := network.Start(ctx); err != nil {
+		return fmt.Errorf("starting egress networking: %w", err)
+	}
+	defer network.Close() // sandbox networks stay for the next start
+	g.Network = network
+
 	st, err := store.OpenBolt(filepath.Join(g.DataDir, store.FileName), store.Options{})
 	if err != nil {
 		return fmt.Errorf("opening the session store: %w", err)
@@ -70,6 +83,7 @@ func cmdServe(ctx context.Context, g *globals, args []string) error {
 	if err != nil {
 		return err
 	}
+	reapNetworks(ctx, g, network)
 	// A shutdown leaves allocated sessions running, with their records, for the next
 	// start to adopt; ready sandboxes are destroyed.
 	defer func() {
@@ -131,6 +145,35 @@ func cmdServe(ctx context.Context, g *globals, args []string) error {
 		return fmt.Errorf("serving: %w", err)
 	}
 	return nil
+}
+
+// reapNetworks removes the egress networks of sandboxes that no runtime has any more (a
+// previous process died between a sandbox's destroy and its network's teardown).
+func reapNetworks(ctx context.Context, g *globals, network *netns.Manager) {
+	rts, err := allRuntimes(g)
+	if err != nil {
+		g.Log.Warn("listing sandboxes for network cleanup", "err", err)
+		return
+	}
+	live := map[string]bool{}
+	for _, rt := range rts {
+		if !rt.Capabilities().Available {
+			continue
+		}
+		infos, err := rt.List(ctx)
+		if err != nil {
+			g.Log.Warn("listing sandboxes for network cleanup", "runtime", rt.Name(), "err", err)
+			return // keep everything rather than tear down a live sandbox's network
+		}
+		for _, i := range infos {
+			live[i.ID] = true
+		}
+	}
+	if gone, err := network.Reap(ctx, func(id string) bool { return live[id] }); err != nil {
+		g.Log.Warn("removing orphaned sandbox networks", "err", err)
+	} else if len(gone) > 0 {
+		g.Log.Info("removed orphaned sandbox networks", "sandboxes", gone)
+	}
 }
 
 // requireLoopback refuses addresses beyond loopback: without authentication anyone who

@@ -38,6 +38,7 @@ func newOCI(g *globals, name string) (sandbox.Runtime, error) {
 		Name:        name,
 		StateDir:    filepath.Join(g.DataDir, "sandboxes", name),
 		AgentBinary: agent,
+		Network:     g.Network,
 		Log:         g.Log,
 	})
 }

@@ -29,6 +29,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"net/netip"
 	"os"
 	"regexp"
 	"strconv"
@@ -38,6 +39,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/sessiond/sessiond/internal/auth"
+	"github.com/sessiond/sessiond/internal/netns"
 	"github.com/sessiond/sessiond/internal/pool"
 )
 
@@ -98,6 +100,11 @@ type LifecycleConfiguration struct {
 
 type SessionNetworkConfiguration struct {
 	Status string `yaml:"status"`
+	// AllowedCIDRs and AllowedDomains (sessiond's own) narrow EgressEnabled to these
+	// destinations: IPv4 CIDRs, and names ("example.com", or "*.example.com" for any name
+	// below it) that the host's DNS forwarder resolves. Empty: any public destination.
+	AllowedCIDRs   []string `yaml:"allowedCidrs"`
+	AllowedDomains []string `yaml:"allowedDomains"`
 }
 
 // Own are sessiond's own per-pool settings.
@@ -270,8 +277,22 @@ func (d PoolDecl) spec() (pool.Spec, error) {
 	if n := p.SessionNetworkConfiguration; n != nil {
 		switch strings.ToLower(n.Status) {
 		case "", "egressdisabled":
+			if len(n.AllowedCIDRs)+len(n.AllowedDomains) > 0 {
+				return s, fieldError("properties.sessionNetworkConfiguration", "allowedCidrs and allowedDomains need status EgressEnabled")
+			}
 		case "egressenabled":
-			return s, fieldError("properties.sessionNetworkConfiguration.status", "EgressEnabled is not supported yet: sessions have no network")
+			s.Network.Egress = true
+			for i, c := range n.AllowedCIDRs {
+				p, err := netip.ParsePrefix(c)
+				if err != nil {
+					return s, fieldError(fmt.Sprintf("properties.sessionNetworkConfiguration.allowedCidrs[%d]", i), "%q: want an IPv4 CIDR such as 203.0.113.0/24", c)
+				}
+				s.Network.AllowCIDRs = append(s.Network.AllowCIDRs, p)
+			}
+			s.Network.AllowDomains = n.AllowedDomains
+			if _, err := (netns.Policy{Enabled: true, AllowCIDRs: s.Network.AllowCIDRs, AllowDomains: s.Network.AllowDomains}).Validate(); err != nil {
+				return s, fieldError("properties.sessionNetworkConfiguration", "%v", err)
+			}
 		default:
 			return s, fieldError("properties.sessionNetworkConfiguration.status", "%q: want EgressDisabled or EgressEnabled", n.Status)
 		}

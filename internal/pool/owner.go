@@ -287,7 +287,7 @@ func (m *Manager) spawn(call func() event) {
 
 func (m *Manager) create(id string) event {
 	spec := sandbox.Spec{ID: id, Image: m.spec.Image, RootFS: m.rootFS, Kernel: m.kernel, Env: m.env, Limits: m.spec.Limits,
-		Labels: map[string]string{LabelPool: m.spec.Name}, Background: m.promoter != nil}
+		Labels: map[string]string{LabelPool: m.spec.Name}, Background: m.promoter != nil, Network: m.spec.Network}
 	info, err := m.rt.Create(m.life, spec)
 	if err == nil && m.prepare != nil {
 		ctx, cancel := context.WithTimeout(m.life, prepareTimeout)

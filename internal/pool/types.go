@@ -54,8 +54,9 @@ type Spec struct {
 	CooldownPeriod time.Duration
 	// MaxAlivePeriod, if set, destroys a session this long after allocation, idle or not.
 	MaxAlivePeriod time.Duration
-	// EgressEnabled is sessionNetworkConfiguration.status == EgressEnabled.
-	EgressEnabled bool
+	// Network is sessionNetworkConfiguration: Egress for EgressEnabled, with sessiond's
+	// allow-lists; the zero value (EgressDisabled) gives sessions loopback only.
+	Network sandbox.Network
 
 	// sessiond's own properties.
 
