@@ -220,6 +220,17 @@ func TestRestart(t *testing.T) {
 			t.Fatalf("%s: %v", step.id, err)
 		}
 	}
+	// An asynchronous execution that finishes while no server runs: it lives in the
+	// session's agent, so the next server finds it.
+	asyncReq, _ := http.NewRequestWithContext(ctx, "POST", a.base+"/executions?api-version=2025-10-02-preview&identifier=alice",
+		strings.NewReader(`{"codeInputType": "Inline", "executionType": "Asynchronous", "code": "import time\ntime.sleep(1)\n'async done'"}`))
+	asyncReq.Header.Set("Content-Type", "application/json")
+	asyncReq.Header.Set("operation-id", "restart-op-1")
+	if resp, err := http.DefaultClient.Do(asyncReq); err != nil || resp.StatusCode != 200 {
+		t.Fatalf("asynchronous execution: %v %v", resp, err)
+	} else {
+		resp.Body.Close()
+	}
 	before := a.sessions(t)
 	var spare []string // ready sandboxes: not sessions, so the next start destroys them
 	for len(spare) == 0 && ctx.Err() == nil {
@@ -267,6 +278,18 @@ func TestRestart(t *testing.T) {
 	}
 	if _, out, err := b.execute(ctx, "alice", "print(open('/mnt/data/keep.txt').read())"); err != nil || strings.TrimSpace(out) != "kept by alice" {
 		t.Errorf("alice's file after the restart: %q, %v", out, err)
+	}
+	if res, _, err := b.execute(ctx, "alice", "'after the async one'"); err != nil || res != "after the async one" {
+		t.Errorf("alice after the async execution: %q, %v", res, err)
+	}
+	if resp, err := http.Get(b.base + "/executions/restart-op-1?api-version=2025-10-02-preview&identifier=alice"); err != nil {
+		t.Error(err)
+	} else {
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 || !strings.Contains(string(body), `"status":"Succeeded"`) || !strings.Contains(string(body), "async done") {
+			t.Errorf("the asynchronous execution after the restart: %d %s", resp.StatusCode, body)
+		}
 	}
 	if res, _, err := b.execute(ctx, "robert", "y"); err != nil || res != "robert" {
 		t.Errorf("robert's variable after the restart: %q, %v", res, err)
