@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"context"
 	"strings"
 	"sync"
 	"time"
@@ -219,6 +220,15 @@ wait:
 			if timedOut {
 				how = outcomeTimeout
 			}
+			if s.idle(k) {
+				// ipykernel drops the reply of a request that the interrupt reached
+				// outside the user's code (it logs "KeyboardInterrupt caught in
+				// kernel") and goes on: the kernel and its state are fine.
+				ex.Release()
+				s.log.Info("the interrupted execution got no reply, but the kernel answers: keeping it", "execution", e.req.ID)
+				s.finishRunning(e, s.failure(e, col, how, restarted, start))
+				return
+			}
 			break wait
 		case <-k.exited:
 			// Killed by the interrupt, or died on its own (out of memory, say).
@@ -266,6 +276,19 @@ wait:
 	}
 	s.replaced(false)
 	s.finishRunning(e, s.failure(e, col, how, true, start))
+}
+
+// idleProbe bounds the kernel_info request that tells whether a kernel that did not reply
+// to an interrupted execution still serves requests.
+const idleProbe = 2 * time.Second
+
+// idle reports whether k answers a kernel_info request on its shell channel, which it
+// only does once no execution holds the channel.
+func (s *kernelSup) idle(k *kernelProc) bool {
+	ctx, cancel := context.WithTimeout(context.Background(), idleProbe)
+	defer cancel()
+	_, err := k.client.KernelInfo(ctx)
+	return err == nil
 }
 
 // success builds the result of an execution the kernel replied to.

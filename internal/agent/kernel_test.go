@@ -68,6 +68,7 @@ func TestKernel(t *testing.T) {
 		"isolated":        testKernelsIsolated,
 		"async and queue": testKernelAsyncAndQueue,
 		"client gone":     testKernelClientGone,
+		"interrupt races": testKernelInterruptRaces,
 	} {
 		t.Run(name, func(t *testing.T) {
 			t.Parallel()
@@ -405,6 +406,32 @@ func testKernelClientGone(t *testing.T) {
 	ki, err := ta.client.RestartKernel(ctxFor(t, 60*time.Second))
 	if err != nil || ki.State != "idle" || ki.Restarts != 2 {
 		t.Errorf("RestartKernel = %+v, %v", ki, err)
+	}
+}
+
+// testKernelInterruptRaces cancels short executions at random moments: an interrupt that
+// reaches ipykernel outside the user's code loses the execution's reply, and the kernel
+// must not be replaced for it (a control plane that dies mid-request would otherwise wipe
+// its sessions' state).
+func testKernelInterruptRaces(t *testing.T) {
+	ta := startKernelAgent(t)
+	ta.kernel.grace = 300 * time.Millisecond // set before any execution reaches the kernel
+	run(t, ta, agentapi.ExecuteRequest{Code: "kept = 7"})
+	for i := range 40 {
+		ctx, cancel := context.WithCancel(context.Background())
+		go func() {
+			time.Sleep(time.Duration(i%8) * 500 * time.Microsecond)
+			cancel()
+		}()
+		ta.client.Execute(ctx, agentapi.ExecuteRequest{Code: "kept"})
+		cancel()
+	}
+	ex := run(t, ta, agentapi.ExecuteRequest{Code: "kept"})
+	if string(ex.Result) != "7" || ex.KernelRestarted {
+		t.Errorf("after 40 cancelled executions: %+v; want the kernel and its state kept", ex)
+	}
+	if ki, err := ta.client.KernelInfo(ctxFor(t, 5*time.Second)); err != nil || ki.Restarts != 0 {
+		t.Errorf("kernel info %+v, %v: want no restart", ki, err)
 	}
 }
 
