@@ -120,22 +120,22 @@ func New(opts Options) *Metrics {
 	m := &Metrics{reg: prometheus.NewRegistry()}
 	m.allocation = prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Namespace: namespace, Name: "allocation_duration_seconds",
-		Help: "Time to bind a new session identifier to a sandbox: start=warm from the ready queue, start=cold after waiting for a sandbox to start.",
+		Help:    "Time to bind a new session identifier to a sandbox: start=warm from the ready queue, start=cold after waiting for a sandbox to start.",
 		Buckets: allocationBuckets,
 	}, []string{"pool", "start"})
 	m.start = prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Namespace: namespace, Name: "sandbox_start_duration_seconds",
-		Help: "Duration of the phases of a successful sandbox start: phase=create (the runtime starts the sandbox and its agent answers), phase=prepare (the kernel warm-up).",
+		Help:    "Duration of the phases of a successful sandbox start: phase=create (the runtime starts the sandbox and its agent answers), phase=prepare (the kernel warm-up).",
 		Buckets: startBuckets,
 	}, []string{"pool", "phase"})
 	m.execution = prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Namespace: namespace, Name: "execution_duration_seconds",
-		Help: "Duration of code executions and shell commands in sessions, by api generation (legacy code/execute, current executions) and outcome (Succeeded, Failed, Timeout, Canceled, Running: accepted asynchronously, Error: could not run).",
+		Help:    "Duration of code executions and shell commands in sessions, by api generation (legacy code/execute, current executions) and outcome (Succeeded, Failed, Timeout, Canceled, Running: accepted asynchronously, Error: could not run).",
 		Buckets: executionBuckets,
 	}, []string{"pool", "api", "outcome"})
 	m.proxy = prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Namespace: namespace, Name: "proxy_request_duration_seconds",
-		Help: "Duration of requests proxied to custom-container sessions, by status class of the response.",
+		Help:    "Duration of requests proxied to custom-container sessions, by status class of the response.",
 		Buckets: requestBuckets,
 	}, []string{"pool", "code"})
 	m.evictions = prometheus.NewCounterVec(prometheus.CounterOpts{
