@@ -125,11 +125,11 @@ func TestPoolEvents(t *testing.T) {
 		t.Errorf("last event = %+v", evs[2])
 	}
 	for query, want := range map[string][]string{
-		"?tail=1":                       {"4 SessionEnded alice-1 cooldown"},
-		"?after=3":                      {"4 SessionEnded alice-1 cooldown"},
-		"?category=pool":                {"3 SandboxReady  "},
-		"?identifier=alice-1&tail=5":    {"2 SessionAllocated alice-1 ", "4 SessionEnded alice-1 cooldown"},
-		"?identifier=nobody-else": nil,
+		"?tail=1":                    {"4 SessionEnded alice-1 cooldown"},
+		"?after=3":                   {"4 SessionEnded alice-1 cooldown"},
+		"?category=pool":             {"3 SandboxReady  "},
+		"?identifier=alice-1&tail=5": {"2 SessionAllocated alice-1 ", "4 SessionEnded alice-1 cooldown"},
+		"?identifier=nobody-else":    nil,
 	} {
 		if _, evs := get(query); !cmp.Equal(kinds(evs), want) {
 			t.Errorf("events%s = %v, want %v", query, kinds(evs), want)
