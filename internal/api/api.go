@@ -85,7 +85,8 @@ type Config struct {
 	// still send it and nothing is gained by refusing them.
 	RejectPropertiesWrapper bool
 	// Auth, if set, authenticates every request but GET /healthz (401 without valid
-	// credentials) and requires the SessionExecutor role on the pool of the path (403).
+	// credentials) and requires the SessionExecutor role on the pool of the path (403);
+	// the observability routes require Reader instead (observe.go).
 	// nil serves everyone: only for a server reachable from loopback alone.
 	Auth *auth.Authenticator
 	// Metrics, if set, receives the API's measurements (requests, executions, proxied
