@@ -41,6 +41,8 @@ var commands = map[string]command{
 	"apikey":  {"make an API key and its configuration entry", cmdAPIKey},
 	"sandbox": {"debug sandboxes: run, ls, rm", cmdSandbox},
 	"bench":   {"measure sandbox latency and memory", cmdBench},
+	"logs":    {"print a session's console log, or a pool's session lifecycle", cmdLogs},
+	"events":  {"print a pool's recent session and sandbox events", cmdEvents},
 	"version": {"print the version", cmdVersion},
 }
 
@@ -79,6 +81,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	g := &globals{Stdout: stdout, Stderr: stderr}
 	fs.StringVar(&g.DataDir, "data-dir", envOr("SESSIOND_DATA_DIR", "/var/lib/sessiond"), "directory for images, sandbox state and the store")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn, error")
+	logFormat := fs.String("log-format", logFormatText, "log format: text (key=value) or json (one object per line)")
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "usage: sessiond [-data-dir DIR] COMMAND [ARGS]\n\ncommands:\n")
 		names := make([]string, 0, len(commands))
@@ -102,7 +105,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err := lvl.UnmarshalText([]byte(*logLevel)); err != nil {
 		return usagef("-log-level: %v", err)
 	}
-	g.Log = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: lvl}))
+	var err error
+	if g.Log, err = newLogger(stderr, *logFormat, lvl); err != nil {
+		return usagef("-log-format: %v", err)
+	}
 	if fs.NArg() == 0 {
 		fs.Usage()
 		return usagef("no command given")

@@ -27,6 +27,8 @@ import (
 	"time"
 
 	"github.com/sessiond/sessiond/internal/agentapi"
+	"github.com/sessiond/sessiond/internal/events"
+	"github.com/sessiond/sessiond/internal/metrics"
 	"github.com/sessiond/sessiond/internal/pool"
 )
 
@@ -83,9 +85,15 @@ type Config struct {
 	// still send it and nothing is gained by refusing them.
 	RejectPropertiesWrapper bool
 	// Auth, if set, authenticates every request but GET /healthz (401 without valid
-	// credentials) and requires the SessionExecutor role on the pool of the path (403).
+	// credentials) and requires the SessionExecutor role on the pool of the path (403);
+	// the observability routes require Reader instead (observe.go).
 	// nil serves everyone: only for a server reachable from loopback alone.
 	Auth *auth.Authenticator
+	// Metrics, if set, receives the API's measurements (requests, executions, proxied
+	// requests) and is served at GET /metrics (observe.go).
+	Metrics *metrics.Metrics
+	// Events, if set, is served at GET /v1/pools/{pool}/events (observe.go).
+	Events *events.Log
 }
 
 // Server is the data-plane HTTP handler. It is safe for concurrent use and holds no state

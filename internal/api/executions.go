@@ -490,7 +490,9 @@ func (s *Server) runExecution(r *http.Request, c *call, legacy bool) (outcome, e
 		return outcome{}, execRequest{}, err
 	}
 	defer lease.Release()
+	start := time.Now()
 	o, err := execute(r.Context(), lease, c.spec, x)
+	s.observeExecution(c, legacy, o, err, time.Since(start))
 	return o, x, err
 }
 

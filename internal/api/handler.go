@@ -49,7 +49,7 @@ func callOf(r *http.Request) *call { return r.Context().Value(callKey{}).(*call)
 func (s *Server) adapt(rt route) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
-		c := &call{route: &rt, query: parseQuery(r.URL.RawQuery), traceID: newTraceID()}
+		c := &call{route: &rt, query: parseQuery(r.URL.RawQuery), traceID: startTrace(w, r)}
 		rec := &recorder{ResponseWriter: w}
 		r = r.WithContext(context.WithValue(r.Context(), callKey{}, c))
 		err := s.run(rec, r, c)
@@ -60,7 +60,9 @@ func (s *Server) adapt(rt route) http.Handler {
 				writeError(rec, err, c.traceID)
 			}
 		}
-		s.logRequest(r, c, rec, time.Since(start), err)
+		d := time.Since(start)
+		s.logRequest(r, c, rec, d, err)
+		s.cfg.Metrics.Request(rt.op, rec.code(), d)
 	})
 }
 
@@ -85,8 +87,14 @@ func (s *Server) run(w http.ResponseWriter, r *http.Request, c *call) (err error
 		// Before the pool is looked up: without credentials, nothing is learnt about
 		// which pools exist.
 		var err error
+		role := rt.role
+		if role == "" {
+			role = auth.SessionExecutor
+		}
 		if name := r.PathValue("pool"); name != "" {
-			_, err = s.cfg.Auth.Check(r, name, auth.SessionExecutor)
+			_, err = s.cfg.Auth.Check(r, name, role)
+		} else if rt.role != "" {
+			_, err = s.cfg.Auth.Check(r, "", role)
 		} else {
 			_, err = s.cfg.Auth.Authenticate(r.Context(), r)
 		}
@@ -127,10 +135,7 @@ func (s *Server) run(w http.ResponseWriter, r *http.Request, c *call) (err error
 // logRequest writes the request's one log line. Identifiers are logged only at debug
 // level (though a server error's text may name one); tokens and bodies never.
 func (s *Server) logRequest(r *http.Request, c *call, rec *recorder, d time.Duration, err error) {
-	status := rec.status
-	if status == 0 {
-		status = http.StatusOK
-	}
+	status := rec.code()
 	level := slog.LevelInfo
 	if status >= 500 && status != statusClientClosed {
 		level = slog.LevelError
@@ -147,6 +152,9 @@ func (s *Server) logRequest(r *http.Request, c *call, rec *recorder, d time.Dura
 		slog.Int("status", status),
 		slog.Duration("duration", d),
 		slog.String("trace_id", c.traceID),
+	}
+	if id := clientRequestID(r); id != "" {
+		attrs = append(attrs, slog.String("client_request_id", id))
 	}
 	debug := s.log.Enabled(ctx, slog.LevelDebug)
 	if c.identifier != "" && debug {

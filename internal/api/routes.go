@@ -4,6 +4,8 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+
+	"github.com/sessiond/sessiond/internal/auth"
 )
 
 // mounts are the prefixes a pool's endpoint is served under: the Azure-shaped one, which
@@ -41,6 +43,10 @@ type route struct {
 	management bool
 	// anyHost routes skip the guard (guard.go): any Host, any origin.
 	anyHost bool
+	// role is required of the caller when authentication is on: on the pool of the path,
+	// or on every pool for a path without one. "" means SessionExecutor on the path's
+	// pool, or any authenticated caller without one.
+	role auth.Role
 	// legacy serves api-versions before 2024-10-02-preview on paths both generations share;
 	// nil means current serves every api-version.
 	legacy  handlerFunc
@@ -113,6 +119,7 @@ func (s *Server) buildMux() *http.ServeMux {
 		}
 	}
 	register("GET /healthz", s.adapt(route{op: "Health", scope: scopeServer, anyHost: true, current: s.health}))
+	s.registerObserve(register)
 	for _, m := range mounts {
 		for _, rt := range s.routes() {
 			register(rt.method+" "+m+"/"+rt.path, s.adapt(rt))

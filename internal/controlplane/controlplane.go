@@ -43,6 +43,8 @@ type Config struct {
 	Log   *slog.Logger
 	// RefillDelay is pool.Options.RefillDelay (RefillDelay if zero; negative: none).
 	RefillDelay time.Duration
+	// Observer, if set, is every pool's pool.Options.Observer (metrics and events).
+	Observer pool.Observer
 }
 
 // ControlPlane is the set of pools of one process. Its methods are safe for concurrent use.
@@ -137,7 +139,7 @@ func (cp *ControlPlane) start(ctx context.Context, spec pool.Spec) error {
 			return ps
 		})}
 	opts := pool.Options{Runtime: rt, RootFS: img.RootFS, Env: img.Config.Env, Log: cp.cfg.Log, Prepare: p.prepare(spec),
-		RefillDelay: cp.cfg.RefillDelay}
+		RefillDelay: cp.cfg.RefillDelay, Observer: cp.cfg.Observer}
 	if spec.ContainerType == pool.PythonLTS {
 		opts.Kernel = "python3"
 	}

@@ -79,6 +79,9 @@ type Options struct {
 	// Recovered are the sessions an earlier process recorded for this pool. Start adopts
 	// those whose sandbox still runs and answers, and destroys the pool's other sandboxes.
 	Recovered []store.Session
+	// Observer, if set, is told of every state change, start phase and allocation, for
+	// metrics and events (see Observer; Observers combines several).
+	Observer Observer
 }
 
 // Recorder keeps the record of a pool's sessions (store.Async implements it). Its calls
@@ -112,6 +115,7 @@ type Manager struct {
 	newID     func() string
 	recorder  Recorder
 	recovered []store.Session
+	observer  Observer // never nil
 
 	reqs   chan func() bool // run on the owner goroutine; true: reconcile after it
 	events chan event       // results of runtime calls
@@ -159,6 +163,8 @@ type snapshot struct {
 type acquireResult struct {
 	lease *Lease
 	err   error
+	// cold: the identifier waited for a sandbox to start.
+	cold bool
 }
 
 type eventKind int
@@ -228,6 +234,9 @@ func New(spec Spec, opts Options) (*Manager, error) {
 		life: life, cancel: cancel,
 		st:      newState(pol),
 		waiters: map[string][]chan acquireResult{}, deleters: map[string][]chan error{},
+	}
+	if m.observer = opts.Observer; m.observer == nil {
+		m.observer = multiObserver(nil)
 	}
 	m.snap.Store(&snapshot{})
 	return m, nil
@@ -378,12 +387,16 @@ func (m *Manager) acquire(ctx context.Context, identifier string, create bool) (
 	if identifier == "" {
 		return nil, errkind.New(errkind.Invalid, "session identifier is empty")
 	}
+	start := time.Now()
 	reply := make(chan acquireResult, 1)
 	if err := m.do(ctx, func() bool { return m.onAcquire(identifier, create, reply) }); err != nil {
 		return nil, err
 	}
 	select {
 	case r := <-reply:
+		if r.lease != nil && r.lease.New {
+			m.observer.Allocated(m.spec.Name, time.Since(start), r.cold)
+		}
 		return r.lease, r.err
 	case <-ctx.Done():
 	}

@@ -221,7 +221,7 @@ func (m *Manager) flush() {
 				r <- acquireResult{err: errkind.Wrap(errkind.Internal, fmt.Errorf("session %q lost its sandbox", identifier))}
 				continue
 			}
-			r <- acquireResult{lease: m.lease(b, i == 0)}
+			r <- acquireResult{lease: m.lease(b, i == 0), cold: true}
 		}
 		delete(m.waiters, identifier)
 	}
@@ -239,6 +239,7 @@ func (m *Manager) flush() {
 	}
 	for _, t := range st.log {
 		m.logTransition(t)
+		m.observer.Transition(m.spec.Name, t.export())
 		switch {
 		case t.To == StateAllocated && t.From != StateAllocated:
 			if b := st.byID[t.ID]; b != nil && b.State == StateAllocated {
@@ -288,10 +289,15 @@ func (m *Manager) spawn(call func() event) {
 func (m *Manager) create(id string) event {
 	spec := sandbox.Spec{ID: id, Image: m.spec.Image, RootFS: m.rootFS, Kernel: m.kernel, Env: m.env, Limits: m.spec.Limits,
 		Labels: map[string]string{LabelPool: m.spec.Name}, Background: m.promoter != nil, Network: m.spec.Network}
+	// Phases are timed by the wall clock, not m.clock: they measure work, not policy.
+	start := time.Now()
 	info, err := m.rt.Create(m.life, spec)
+	m.observer.Phase(m.spec.Name, PhaseCreate, time.Since(start), err)
 	if err == nil && m.prepare != nil {
 		ctx, cancel := context.WithTimeout(m.life, prepareTimeout)
+		start = time.Now()
 		perr := m.prepare(ctx, info, m.rt.Agent(id))
+		m.observer.Phase(m.spec.Name, PhasePrepare, time.Since(start), perr)
 		cancel()
 		if perr != nil {
 			err = fmt.Errorf("preparing sandbox %s: %w", id, perr)

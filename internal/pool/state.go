@@ -267,7 +267,7 @@ func (st *state) created(id string, err error, now time.Time) {
 	if err != nil {
 		st.drop(b)
 		b.State = StateDestroyed
-		st.logf(now, b, StatePending, "create failed", err)
+		st.logf(now, b, StatePending, reasonCreateFailed, err)
 		if st.closing {
 			return
 		}
@@ -311,7 +311,7 @@ func (st *state) destroyed(id string, err error, now time.Time) {
 		b.destroyAttempts++
 		if b.destroyAttempts < maxDestroyAttempts {
 			b.DestroyAfter = now.Add(destroyRetry)
-			st.logf(now, b, StateDeleting, "destroy failed", err)
+			st.logf(now, b, StateDeleting, reasonDestroyFailed, err)
 			st.gone = append(st.gone, destroyResult{id, err})
 			return
 		}
