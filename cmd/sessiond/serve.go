@@ -30,6 +30,7 @@ func cmdServe(ctx context.Context, g *globals, args []string) error {
 	shutdownTimeout := fs.Duration("shutdown-timeout", 30*time.Second, "how long in-flight requests get to finish on shutdown")
 	tlsCert := fs.String("tls-cert", "", "TLS certificate file (PEM; reloaded when it changes); with -tls-key, serves HTTPS and HTTP/2")
 	tlsKey := fs.String("tls-key", "", "TLS private key file (PEM)")
+	metricsListen := fs.String("metrics-listen", "", "also serve GET /metrics without authentication on this address (a private interface for a scraper)")
 	fs.StringVar(&g.DataDir, "data-dir", g.DataDir, "directory for images, sandbox state and the store (same as the global -data-dir)")
 	if err := fs.Parse(args); err != nil {
 		return usageError{err.Error()}
@@ -79,10 +80,12 @@ func cmdServe(ctx context.Context, g *globals, args []string) error {
 		return fmt.Errorf("opening the session store: %w", err)
 	}
 	defer st.Close()
-	cp, err := newControlPlane(ctx, g, cfg.Pools, st)
+	obs := newObservability()
+	cp, err := newControlPlane(ctx, g, cfg.Pools, st, obs.observer())
 	if err != nil {
 		return err
 	}
+	obs.attach(cp)
 	reapNetworks(ctx, g, network)
 	// A shutdown leaves allocated sessions running, with their records, for the next
 	// start to adopt; ready sandboxes are destroyed.
@@ -98,7 +101,7 @@ func cmdServe(ctx context.Context, g *globals, args []string) error {
 	if err != nil {
 		return fmt.Errorf("listening on %s: %w", *listen, err)
 	}
-	apiCfg := api.Config{Pools: cp, Log: g.Log, Auth: authn}
+	apiCfg := api.Config{Pools: cp, Log: g.Log, Auth: authn, Metrics: obs.metrics, Events: obs.events}
 	if authn == nil {
 		// Without authentication the server listens on loopback only, and answers only
 		// requests addressed to loopback names: a DNS-rebinding page cannot reach it.
@@ -128,8 +131,27 @@ func cmdServe(ctx context.Context, g *globals, args []string) error {
 		fmt.Fprintf(g.Stdout, "sessiond: pool %s (%s, %s) at %s/subscriptions/local/resourceGroups/local/sessionPools/%s (or %s/pools/%s)\n",
 			s.Name, s.ContainerType, p.Runtime(), base, s.Name, base, s.Name)
 	}
-	errc := make(chan error, 1)
+	errc := make(chan error, 2)
 	go func() { errc <- srv.Serve(ln) }()
+	mctx, stopMetrics := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopMetrics()
+	metricsDone := make(chan error, 1)
+	if *metricsListen != "" {
+		mln, err := net.Listen("tcp", *metricsListen)
+		if err != nil {
+			srv.Close()
+			return fmt.Errorf("listening on %s: %w", *metricsListen, err)
+		}
+		go func() { metricsDone <- serveMetrics(mctx, mln, obs.metrics.Handler()) }()
+	} else {
+		metricsDone <- nil
+	}
+	defer func() {
+		stopMetrics()
+		if err := <-metricsDone; err != nil {
+			g.Log.Error("serving metrics", "err", err)
+		}
+	}()
 	select {
 	case err := <-errc:
 		return fmt.Errorf("serving: %w", err)

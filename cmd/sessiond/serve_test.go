@@ -79,7 +79,7 @@ func TestServeEndToEnd(t *testing.T) {
 				ExecutionTimeoutCap: 30 * time.Second,
 			}}
 			ctx := context.Background()
-			cp, err := newControlPlane(ctx, g, specs, nil)
+			cp, err := newControlPlane(ctx, g, specs, nil, nil)
 			if err != nil {
 				t.Fatal(err)
 			}
