@@ -86,6 +86,8 @@ type Config struct {
 	// credentials) and requires the SessionExecutor role on the pool of the path (403).
 	// nil serves everyone: only for a server reachable from loopback alone.
 	Auth *auth.Authenticator
+	// Manage, if set, serves the management API under /v1/ (manage.go); nil: not served.
+	Manage Manager
 }
 
 // Server is the data-plane HTTP handler. It is safe for concurrent use and holds no state

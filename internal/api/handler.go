@@ -35,6 +35,8 @@ type call struct {
 	identifier string
 	query      query
 	traceID    string
+	// principal is the authenticated caller (nil without Config.Auth).
+	principal *auth.Principal
 }
 
 type callKey struct{}
@@ -84,11 +86,15 @@ func (s *Server) run(w http.ResponseWriter, r *http.Request, c *call) (err error
 	if s.cfg.Auth != nil && !rt.anyHost {
 		// Before the pool is looked up: without credentials, nothing is learnt about
 		// which pools exist.
+		role := auth.SessionExecutor
+		if rt.role != "" {
+			role = rt.role
+		}
 		var err error
 		if name := r.PathValue("pool"); name != "" {
-			_, err = s.cfg.Auth.Check(r, name, auth.SessionExecutor)
+			c.principal, err = s.cfg.Auth.Check(r, name, role)
 		} else {
-			_, err = s.cfg.Auth.Authenticate(r.Context(), r)
+			c.principal, err = s.cfg.Auth.Authenticate(r.Context(), r)
 		}
 		if err != nil {
 			return err

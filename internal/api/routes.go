@@ -4,6 +4,8 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+
+	"github.com/sessiond/sessiond/internal/auth"
 )
 
 // mounts are the prefixes a pool's endpoint is served under: the Azure-shaped one, which
@@ -41,6 +43,8 @@ type route struct {
 	management bool
 	// anyHost routes skip the guard (guard.go): any Host, any origin.
 	anyHost bool
+	// role is what the caller needs on the path's pool (SessionExecutor if empty).
+	role auth.Role
 	// legacy serves api-versions before 2024-10-02-preview on paths both generations share;
 	// nil means current serves every api-version.
 	legacy  handlerFunc
@@ -113,6 +117,11 @@ func (s *Server) buildMux() *http.ServeMux {
 		}
 	}
 	register("GET /healthz", s.adapt(route{op: "Health", scope: scopeServer, anyHost: true, current: s.health}))
+	if s.cfg.Manage != nil {
+		for _, rt := range s.manageRoutes() {
+			register(rt.method+" /"+rt.path, s.adapt(rt))
+		}
+	}
 	for _, m := range mounts {
 		for _, rt := range s.routes() {
 			register(rt.method+" "+m+"/"+rt.path, s.adapt(rt))
@@ -134,7 +143,7 @@ func (s *Server) buildMux() *http.ServeMux {
 }
 
 // routeMethods are the methods routes use, probed to fill a 405's Allow header.
-var routeMethods = []string{"GET", "POST", "DELETE"}
+var routeMethods = []string{"GET", "POST", "PUT", "PATCH", "DELETE"}
 
 // noRoute answers a request no route matched: 405 with Allow if the path exists with
 // other methods, 404 otherwise.
