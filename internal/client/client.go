@@ -188,7 +188,10 @@ type PoolStatus struct {
 }
 
 // ProvisioningState returns properties.provisioningState.
-func (p Pool) ProvisioningState() string { s, _ := p.Properties["provisioningState"].(string); return s }
+func (p Pool) ProvisioningState() string {
+	s, _ := p.Properties["provisioningState"].(string)
+	return s
+}
 
 // ManagementEndpoint returns properties.poolManagementEndpoint: what Azure clients are
 // given.
