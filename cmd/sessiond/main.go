@@ -37,6 +37,10 @@ var commands = map[string]command{
 	"apikey":  {"make an API key and its configuration entry", cmdAPIKey},
 	"sandbox": {"debug sandboxes: run, ls, rm", cmdSandbox},
 	"bench":   {"measure sandbox latency and memory", cmdBench},
+	"pool":    {"manage a server's pools: create, list, show, update, delete", cmdPool},
+	"session": {"a server's sessions: list, show, stop", cmdSession},
+	"exec":    {"run code in a session of a server", cmdExec},
+	"files":   {"a session's files: upload, list, download, rm", cmdFiles},
 	"version": {"print the version", cmdVersion},
 }
 

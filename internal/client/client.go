@@ -101,7 +101,11 @@ func (c *Client) do(ctx context.Context, req request) (*http.Response, error) {
 	}
 	resp, err := hc.Do(hr)
 	if err != nil {
-		return nil, err
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err
+		}
+		return nil, fmt.Errorf("cannot reach sessiond at %s: %w", c.Endpoint, err)
 	}
 	if resp.StatusCode < 300 {
 		return resp, nil
