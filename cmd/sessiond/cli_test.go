@@ -132,8 +132,10 @@ func TestCLI(t *testing.T) {
 
 	c.ok("pool", "update", "shells", "-set", "properties.scaleConfiguration.maxConcurrentSessions=3", "-set", "sessiond.image=img-b")
 	var shown struct {
-		Properties struct{ ScaleConfiguration struct{ MaxConcurrentSessions int } }
-		Sessiond   struct{ Image string }
+		Properties struct {
+			ScaleConfiguration struct{ MaxConcurrentSessions int }
+		}
+		Sessiond struct{ Image string }
 	}
 	json.Unmarshal([]byte(c.ok("pool", "show", "shells", "-output", "json")), &shown)
 	if shown.Properties.ScaleConfiguration.MaxConcurrentSessions != 3 || shown.Sessiond.Image != "img-b" {
