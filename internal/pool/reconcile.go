@@ -123,10 +123,10 @@ type action struct {
 }
 
 // reconcile returns the actions that bring the pool towards its policy at now:
-// retirements first (expired, dead, outdated, surplus; everything when closing), then creates, then
-// destroys, then health checks, and last the time it must run again, if any. It issues
-// every create the state allows in one pass, counting the creates already in flight, so
-// that applying its actions and calling it again yields no further creates.
+// retirements first (expired, dead, outdated, surplus; everything when closing), then
+// creates, then destroys, then health checks, and last the time it must run again, if
+// any. It issues every create the state allows in one pass, counting the creates already
+// in flight, so that applying its actions and calling it again yields no further creates.
 //
 // The bounds it keeps: creates in flight ≤ CreateParallelism; ready + pending + allocated
 // ≤ MaxConcurrentSessions + ReadySessionInstances; no create before CreateAfter. (That
