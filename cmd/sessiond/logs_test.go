@@ -34,7 +34,7 @@ func TestLogFormat(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := httptest.NewServer(api.New(api.Config{Pools: cliPools{}, Log: log}))
+	srv := httptest.NewServer(api.New(api.Config{Pools: logsPools{}, Log: log}))
 	defer srv.Close()
 	const traceID = "4bf92f3577b34da6a3ce929d0e0e4736"
 	for _, target := range []string{"/healthz", "/pools/nope/executions?api-version=2025-10-02-preview&identifier=abcd", "/no/such/path"} {
@@ -84,34 +84,34 @@ func TestLogFormat(t *testing.T) {
 	}
 }
 
-// cliPool is a pool as the API sees it; its one session, if it has one, is a real agent
+// logsPool is a pool as the API sees it; its one session, if it has one, is a real agent
 // (sandboxtest.Fake) whose main process prints numbered lines.
-type cliPool struct {
+type logsPool struct {
 	spec  pool.Spec
 	lease func() *pool.Lease // nil: no session
 }
 
-func (p *cliPool) Spec() pool.Spec { return p.spec }
-func (p *cliPool) Acquire(ctx context.Context, identifier string) (*pool.Lease, error) {
+func (p *logsPool) Spec() pool.Spec { return p.spec }
+func (p *logsPool) Acquire(ctx context.Context, identifier string) (*pool.Lease, error) {
 	return nil, errkind.New(errkind.Unavailable, "no sandboxes")
 }
 
-func (p *cliPool) Get(ctx context.Context, identifier string) (*pool.Lease, error) {
+func (p *logsPool) Get(ctx context.Context, identifier string) (*pool.Lease, error) {
 	if p.lease == nil || identifier != "console-1" {
 		return nil, errkind.New(errkind.NotFound, "no session %q", identifier)
 	}
 	return p.lease(), nil
 }
 
-func (p *cliPool) Delete(ctx context.Context, identifier string) error {
+func (p *logsPool) Delete(ctx context.Context, identifier string) error {
 	return errkind.New(errkind.NotFound, "no session %q", identifier)
 }
-func (p *cliPool) Sessions() []pool.SessionInfo                        { return nil }
-func (p *cliPool) Metadata(ctx context.Context) (pool.Metadata, error) { return pool.Metadata{}, nil }
+func (p *logsPool) Sessions() []pool.SessionInfo                        { return nil }
+func (p *logsPool) Metadata(ctx context.Context) (pool.Metadata, error) { return pool.Metadata{}, nil }
 
-type cliPools map[string]*cliPool
+type logsPools map[string]*logsPool
 
-func (p cliPools) Pool(name string) (api.Pool, bool) {
+func (p logsPools) Pool(name string) (api.Pool, bool) {
 	cp, ok := p[name]
 	if !ok {
 		return nil, false
@@ -173,7 +173,7 @@ func TestLogsAndEventsCommands(t *testing.T) {
 		evs.Transition("web", tr)
 	}
 	spec := pool.Spec{Name: "web", ContainerType: pool.CustomContainer, MaxConcurrentSessions: 2, CooldownPeriod: time.Minute}
-	pools := cliPools{"web": {spec: spec, lease: consoleSession(t, 20)}}
+	pools := logsPools{"web": {spec: spec, lease: consoleSession(t, 20)}}
 	srv := httptest.NewServer(api.New(api.Config{Pools: pools, Auth: authn, Events: evs}))
 	defer srv.Close()
 	cli := func(args ...string) (string, error) {

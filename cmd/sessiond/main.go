@@ -43,6 +43,10 @@ var commands = map[string]command{
 	"bench":   {"measure sandbox latency and memory", cmdBench},
 	"logs":    {"print a session's console log, or a pool's session lifecycle", cmdLogs},
 	"events":  {"print a pool's recent session and sandbox events", cmdEvents},
+	"pool":    {"manage a server's pools: create, list, show, update, delete", cmdPool},
+	"session": {"a server's sessions: list, show, stop", cmdSession},
+	"exec":    {"run code in a session of a server", cmdExec},
+	"files":   {"a session's files: upload, list, download, rm", cmdFiles},
 	"version": {"print the version", cmdVersion},
 }
 

@@ -20,12 +20,14 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sessiond/sessiond/internal/controlplane/controlplanetest"
 	"github.com/sessiond/sessiond/internal/sandbox"
 	"github.com/sessiond/sessiond/internal/sandbox/sandboxtest"
 )
 
 // TestMain lets a test run this binary as `sessiond` (a server process it can SIGKILL):
-// with SESSIOND_TEST_MAIN set, the arguments after "--" are sessiond's.
+// with SESSIOND_TEST_MAIN set, the arguments after "--" are sessiond's. It removes the
+// agent that controlplanetest built, if any, after the tests.
 func TestMain(m *testing.M) {
 	if os.Getenv("SESSIOND_TEST_MAIN") == "1" {
 		i := slices.Index(os.Args, "--")
@@ -33,7 +35,11 @@ func TestMain(m *testing.M) {
 		main()
 		os.Exit(0)
 	}
-	os.Exit(m.Run())
+	code := m.Run()
+	if d := controlplanetest.AgentDir(); d != "" {
+		os.RemoveAll(d)
+	}
+	os.Exit(code)
 }
 
 // serverProc is `sessiond serve` in a process of its own.

@@ -101,7 +101,7 @@ func cmdServe(ctx context.Context, g *globals, args []string) error {
 	if err != nil {
 		return fmt.Errorf("listening on %s: %w", *listen, err)
 	}
-	apiCfg := api.Config{Pools: cp, Log: g.Log, Auth: authn, Metrics: obs.metrics, Events: obs.events}
+	apiCfg := api.Config{Pools: cp, Manage: cp, Log: g.Log, Auth: authn, Metrics: obs.metrics, Events: obs.events}
 	if authn == nil {
 		// Without authentication the server listens on loopback only, and answers only
 		// requests addressed to loopback names: a DNS-rebinding page cannot reach it.

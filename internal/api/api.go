@@ -94,6 +94,8 @@ type Config struct {
 	Metrics *metrics.Metrics
 	// Events, if set, is served at GET /v1/pools/{pool}/events (observe.go).
 	Events *events.Log
+	// Manage, if set, serves the management API under /v1/ (manage.go); nil: not served.
+	Manage Manager
 }
 
 // Server is the data-plane HTTP handler. It is safe for concurrent use and holds no state

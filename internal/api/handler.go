@@ -35,6 +35,8 @@ type call struct {
 	identifier string
 	query      query
 	traceID    string
+	// principal is the authenticated caller (nil without Config.Auth).
+	principal *auth.Principal
 }
 
 type callKey struct{}
@@ -92,11 +94,11 @@ func (s *Server) run(w http.ResponseWriter, r *http.Request, c *call) (err error
 			role = auth.SessionExecutor
 		}
 		if name := r.PathValue("pool"); name != "" {
-			_, err = s.cfg.Auth.Check(r, name, role)
+			c.principal, err = s.cfg.Auth.Check(r, name, role)
 		} else if rt.role != "" {
-			_, err = s.cfg.Auth.Check(r, "", role)
+			c.principal, err = s.cfg.Auth.Check(r, "", role) // the role on every pool
 		} else {
-			_, err = s.cfg.Auth.Authenticate(r.Context(), r)
+			c.principal, err = s.cfg.Auth.Authenticate(r.Context(), r)
 		}
 		if err != nil {
 			return err

@@ -120,6 +120,11 @@ func (s *Server) buildMux() *http.ServeMux {
 	}
 	register("GET /healthz", s.adapt(route{op: "Health", scope: scopeServer, anyHost: true, current: s.health}))
 	s.registerObserve(register)
+	if s.cfg.Manage != nil {
+		for _, rt := range s.manageRoutes() {
+			register(rt.method+" /"+rt.path, s.adapt(rt))
+		}
+	}
 	for _, m := range mounts {
 		for _, rt := range s.routes() {
 			register(rt.method+" "+m+"/"+rt.path, s.adapt(rt))
@@ -141,7 +146,7 @@ func (s *Server) buildMux() *http.ServeMux {
 }
 
 // routeMethods are the methods routes use, probed to fill a 405's Allow header.
-var routeMethods = []string{"GET", "POST", "DELETE"}
+var routeMethods = []string{"GET", "POST", "PUT", "PATCH", "DELETE"}
 
 // noRoute answers a request no route matched: 405 with Allow if the path exists with
 // other methods, 404 otherwise.

@@ -19,8 +19,9 @@
 //	    warmupCode: "import numpy, pandas"
 //	    executionTimeoutCapInSeconds: 220
 //
-// Every error names the field it is about. It imports pool (for the Spec it produces);
-// only cmd/sessiond imports it.
+// Every error names the field it is about. arm.go reads and writes one pool as the
+// management API's JSON document. It imports pool (for the Spec it produces); cmd/sessiond
+// and internal/controlplane import it.
 package config
 
 import (
@@ -195,7 +196,7 @@ var poolName = regexp.MustCompile(`^[a-z][a-z0-9-]{1,61}[a-z0-9]$`)
 
 // fieldError is a validation error that names its field.
 func fieldError(field, format string, args ...any) error {
-	return fmt.Errorf("%s: %s", field, fmt.Sprintf(format, args...))
+	return &FieldError{Path: field, Msg: fmt.Sprintf(format, args...)}
 }
 
 func (d PoolDecl) spec() (pool.Spec, error) {

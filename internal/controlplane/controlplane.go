@@ -56,6 +56,11 @@ type ControlPlane struct {
 	mu    sync.RWMutex
 	order []string
 	pools map[string]*Pool
+	// Pools managed through the API (manage.go). Guarded by mu.
+	managed managedPools
+
+	// manageMu serializes the management operations (manage.go).
+	manageMu sync.Mutex
 }
 
 var _ api.Pools = (*ControlPlane)(nil)
@@ -64,13 +69,15 @@ var _ api.Pools = (*ControlPlane)(nil)
 type Pool struct {
 	*pool.Manager
 	runtime string
-	image   image.Image
-	created time.Time
-	// packages lists the image's Python distributions, read once on first use: the image
-	// never changes under a pool.
-	packages func() []pool.NameVersion
 
 	mu sync.Mutex
+	// image is the pool's image; an update may change it (manage.go). Guarded by mu.
+	image image.Image
+	// created and updated are when the pool was defined and last changed. Guarded by mu.
+	created, updated time.Time
+	// packages lists the image's Python distributions, read once on first use of each
+	// image. Guarded by mu.
+	packages func() []pool.NameVersion
 	// kernel is the kernel of the first warmed-up sandbox. Guarded by mu.
 	kernel *agentapi.KernelInfo
 }
@@ -114,6 +121,7 @@ func New(ctx context.Context, cfg Config, specs []pool.Spec) (cp *ControlPlane, 
 			return nil, err
 		}
 	}
+	cp.startManaged(ctx)
 	return cp, nil
 }
 
@@ -130,14 +138,8 @@ func (cp *ControlPlane) start(ctx context.Context, spec pool.Spec) error {
 		}
 		return fmt.Errorf("pool %s: %w", spec.Name, err)
 	}
-	p := &Pool{runtime: rt.Name(), image: img, created: time.Now().UTC(),
-		packages: sync.OnceValue(func() []pool.NameVersion {
-			var ps []pool.NameVersion
-			for _, pk := range image.PythonPackages(img.RootFS) {
-				ps = append(ps, pool.NameVersion{Name: pk.Name, Version: pk.Version})
-			}
-			return ps
-		})}
+	now := time.Now().UTC()
+	p := &Pool{runtime: rt.Name(), image: img, created: now, updated: now, packages: packagesOf(img)}
 	opts := pool.Options{Runtime: rt, RootFS: img.RootFS, Env: img.Config.Env, Log: cp.cfg.Log, Prepare: p.prepare(spec),
 		RefillDelay: cp.cfg.RefillDelay, Observer: cp.cfg.Observer}
 	if spec.ContainerType == pool.PythonLTS {
@@ -274,9 +276,24 @@ func WarmupHook(spec pool.Spec, onKernel func(agentapi.KernelInfo)) func(context
 	}
 }
 
+// packagesOf returns a function that lists img's Python distributions on first use.
+func packagesOf(img image.Image) func() []pool.NameVersion {
+	return sync.OnceValue(func() []pool.NameVersion {
+		var ps []pool.NameVersion
+		for _, pk := range image.PythonPackages(img.RootFS) {
+			ps = append(ps, pool.NameVersion{Name: pk.Name, Version: pk.Version})
+		}
+		return ps
+	})
+}
+
 // Metadata implements api.Pool: the image's runtimes and packages, and the kernel.
 func (p *Pool) Metadata(ctx context.Context) (pool.Metadata, error) {
-	md := pool.Metadata{CreatedAt: p.created, UpdatedAt: p.created, Packages: p.packages()}
+	p.mu.Lock()
+	packages := p.packages
+	md := pool.Metadata{CreatedAt: p.created, UpdatedAt: p.updated}
+	p.mu.Unlock()
+	md.Packages = packages()
 	p.mu.Lock()
 	if p.kernel != nil {
 		k := *p.kernel

@@ -100,18 +100,20 @@ type Recorder interface {
 // checks) run in worker goroutines, bounded by the counts reconcile keeps, and report back
 // as events. The methods are safe for concurrent use.
 type Manager struct {
+	// spec is the spec the manager was made with. Its Name, ContainerType and Runtime
+	// never change; cur is the current spec (Update), pol.Spec the owner's copy of it.
 	spec Spec
+	cur  atomic.Pointer[Spec]
 	pol  policy
 	rt   sandbox.Runtime
 	// promoter is rt's optional Promoter: sandboxes warm up with a low CPU weight and get
 	// the full weight when bound to a session.
-	promoter  sandbox.Promoter
-	rootFS    string
-	kernel    string
-	env       []string
+	promoter sandbox.Promoter
+	// tmpl is what new sandboxes are made from. Owned by the run goroutine, which hands
+	// each create the template current when it was issued; Update replaces it.
+	tmpl      *template
 	clock     Clock
 	log       *slog.Logger
-	prepare   func(ctx context.Context, info sandbox.Info, agent *agentapi.Client) error
 	newID     func() string
 	recorder  Recorder
 	recovered []store.Session
@@ -226,9 +228,11 @@ func New(spec Spec, opts Options) (*Manager, error) {
 	}
 	life, cancel := context.WithCancel(context.Background())
 	m := &Manager{
-		spec: spec, pol: pol, rt: opts.Runtime, promoter: promoterOf(opts.Runtime), rootFS: opts.RootFS, kernel: opts.Kernel, env: opts.Env, clock: opts.Clock,
-		log:     opts.Log.With("component", "pool", "pool", spec.Name),
-		prepare: opts.Prepare, newID: newSandboxID, recorder: opts.Recorder, recovered: opts.Recovered,
+		spec: spec, pol: pol, rt: opts.Runtime, promoter: promoterOf(opts.Runtime), clock: opts.Clock,
+		tmpl: &template{image: spec.Image, rootFS: opts.RootFS, kernel: opts.Kernel, env: opts.Env, limits: spec.Limits,
+			network: spec.Network, prepare: opts.Prepare},
+		log:   opts.Log.With("component", "pool", "pool", spec.Name),
+		newID: newSandboxID, recorder: opts.Recorder, recovered: opts.Recovered,
 		reqs: make(chan func() bool), events: make(chan event, 16), wake: make(chan struct{}, 1),
 		quit: make(chan struct{}), done: make(chan struct{}),
 		life: life, cancel: cancel,
@@ -239,6 +243,7 @@ func New(spec Spec, opts Options) (*Manager, error) {
 		m.observer = multiObserver(nil)
 	}
 	m.snap.Store(&snapshot{})
+	m.cur.Store(&spec)
 	return m, nil
 }
 
@@ -249,8 +254,8 @@ func newSandboxID() string {
 	return "sb-" + hex.EncodeToString(b[:])
 }
 
-// Spec returns the pool's spec (with defaults applied).
-func (m *Manager) Spec() Spec { return m.spec }
+// Spec returns the pool's current spec (with defaults applied).
+func (m *Manager) Spec() Spec { return *m.cur.Load() }
 
 // Start adopts the sessions of Options.Recovered whose sandboxes still run, destroys the
 // other sandboxes an earlier process left labelled with this pool's name, then starts the

@@ -105,7 +105,7 @@ func (m *Manager) forget(identifier string) {
 // expires before it fires; a timer that fires early only costs a reconcile. This keeps
 // requests for existing sessions at O(1) rather than O(sandboxes).
 func (m *Manager) touched(b *box, now time.Time) {
-	if _, at := expiry(m.spec, b.sbView); !at.IsZero() && (m.wakeAt.IsZero() || at.Before(m.wakeAt)) {
+	if _, at := expiry(m.pol.Spec, b.sbView); !at.IsZero() && (m.wakeAt.IsZero() || at.Before(m.wakeAt)) {
 		m.arm(at, now)
 	}
 }
@@ -167,9 +167,9 @@ func (m *Manager) step() {
 		case actRetire:
 			m.st.apply(a, "", now)
 		case actCreate:
-			id := m.newID()
+			id, t := m.newID(), m.tmpl
 			m.st.apply(a, id, now)
-			m.spawn(func() event { return m.create(id) })
+			m.spawn(func() event { return m.create(id, t) })
 		case actDestroy:
 			m.st.apply(a, "", now)
 			m.spawn(func() event { return m.destroy(a.ID) })
@@ -286,17 +286,18 @@ func (m *Manager) spawn(call func() event) {
 	}()
 }
 
-func (m *Manager) create(id string) event {
-	spec := sandbox.Spec{ID: id, Image: m.spec.Image, RootFS: m.rootFS, Kernel: m.kernel, Env: m.env, Limits: m.spec.Limits,
-		Labels: map[string]string{LabelPool: m.spec.Name}, Background: m.promoter != nil, Network: m.spec.Network}
+// create makes sandbox id from template t.
+func (m *Manager) create(id string, t *template) event {
+	spec := sandbox.Spec{ID: id, Image: t.image, RootFS: t.rootFS, Kernel: t.kernel, Env: t.env, Limits: t.limits,
+		Labels: map[string]string{LabelPool: m.spec.Name}, Background: m.promoter != nil, Network: t.network}
 	// Phases are timed by the wall clock, not m.clock: they measure work, not policy.
 	start := time.Now()
 	info, err := m.rt.Create(m.life, spec)
 	m.observer.Phase(m.spec.Name, PhaseCreate, time.Since(start), err)
-	if err == nil && m.prepare != nil {
+	if err == nil && t.prepare != nil {
 		ctx, cancel := context.WithTimeout(m.life, prepareTimeout)
 		start = time.Now()
-		perr := m.prepare(ctx, info, m.rt.Agent(id))
+		perr := t.prepare(ctx, info, m.rt.Agent(id))
 		m.observer.Phase(m.spec.Name, PhasePrepare, time.Since(start), perr)
 		cancel()
 		if perr != nil {

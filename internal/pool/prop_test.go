@@ -10,12 +10,14 @@ import (
 )
 
 // TestPropertiesOfThePool drives the core with random sequences of requests, runtime
-// results (successes and failures, in any order) and clock moves, and checks after every
+// results (successes and failures, in any order), updates of the spec (caps, lifecycle,
+// template) and clock moves, and checks after every
 // event that the pool never goes above its caps, that an identifier never maps to two
 // sandboxes, that a sandbox is never bound to two identifiers nor returned to the ready
 // queue, and that sessions expire exactly at their cooldown or maximum lifetime. At the
 // end it lets the runtime succeed and time pass, and checks that the ready count
-// converges to ReadySessionInstances (or, after close, that nothing is left).
+// converges to ReadySessionInstances of the current template (or, after close, that
+// nothing is left). Above caps an update lowered, the numbers never grow.
 func TestPropertiesOfThePool(t *testing.T) {
 	rapid.Check(t, func(t *rapid.T) {
 		spec := Spec{
@@ -91,6 +93,19 @@ func TestPropertiesOfThePool(t *testing.T) {
 			"advance": func(t *rapid.T) {
 				ok(s.advance(rapid.SampledFrom([]time.Duration{0, time.Millisecond, 999 * time.Millisecond, time.Second, 3 * time.Second, 10 * time.Second, time.Minute}).Draw(t, "d")))
 			},
+			"update": func(t *rapid.T) {
+				if closed {
+					t.Skip("closed")
+				}
+				np := s.pol
+				np.Spec.MaxConcurrentSessions = rapid.IntRange(1, 4).Draw(t, "newMax")
+				np.Spec.ReadySessionInstances = rapid.IntRange(0, 3).Draw(t, "newReady")
+				np.Spec.MaxAlivePeriod = rapid.SampledFrom([]time.Duration{0, 7 * time.Second, time.Minute}).Draw(t, "newMaxAlive")
+				if np.Spec.LifecycleType == LifecycleTimed {
+					np.Spec.CooldownPeriod = rapid.SampledFrom([]time.Duration{time.Second, 10 * time.Second}).Draw(t, "newCooldown")
+				}
+				ok(s.update(np, rapid.Bool().Draw(t, "template")))
+			},
 			"close": func(t *rapid.T) {
 				if closed || rapid.IntRange(0, 9).Draw(t, "close") != 0 {
 					t.Skip("not closing")
@@ -109,6 +124,7 @@ func TestPropertiesOfThePool(t *testing.T) {
 				ok(s.withdraw(id))
 			}
 		}
+		spec = s.pol.Spec // as updated
 		if spec.LifecycleType == LifecycleOnContainerExit && spec.MaxAlivePeriod == 0 {
 			// Such sessions live until their sandbox dies or they are deleted.
 			for _, id := range identifiers {
@@ -129,7 +145,7 @@ func TestPropertiesOfThePool(t *testing.T) {
 				if s.st.done() {
 					break
 				}
-			} else if c.Pending == 0 && c.Allocated == 0 && c.Deleting == 0 && c.Ready == spec.ReadySessionInstances {
+			} else if c.Pending == 0 && c.Allocated == 0 && c.Deleting == 0 && c.Outdated == 0 && c.Ready == spec.ReadySessionInstances {
 				break
 			}
 			if s.wake.IsZero() {

@@ -55,6 +55,9 @@ type sbView struct {
 	Probing, Destroying bool
 	// DestroyAfter delays the retry of a failed destroy.
 	DestroyAfter time.Time
+	// Generation is the pool's template generation the sandbox was created from
+	// (Manager.Update); a ready sandbox of an older one is replaced.
+	Generation int
 }
 
 // observed is the pool as the owner knows it.
@@ -69,6 +72,8 @@ type observed struct {
 	LastDemand time.Time
 	// Closing: the manager is shutting down; everything is destroyed, nothing created.
 	Closing bool
+	// Generation is the current template generation: new sandboxes belong to it.
+	Generation int
 }
 
 // inFlight counts the runtime calls issued and not yet reported back. A create is counted
@@ -102,6 +107,8 @@ const (
 	reasonSurplus  = "surplus"
 	reasonClosing  = "closing"
 	reasonDeleted  = "deleted"
+	// reasonUpdated: a ready sandbox of an older template, replaced by one of the current.
+	reasonUpdated = "template-updated"
 	// reasonRecovered and reasonDetached mark sessions handed from one process to the
 	// next: adopted at Start, left running by Detach.
 	reasonRecovered = "recovered"
@@ -116,10 +123,10 @@ type action struct {
 }
 
 // reconcile returns the actions that bring the pool towards its policy at now:
-// retirements first (expired, dead, surplus; everything when closing), then creates, then
-// destroys, then health checks, and last the time it must run again, if any. It issues
-// every create the state allows in one pass, counting the creates already in flight, so
-// that applying its actions and calling it again yields no further creates.
+// retirements first (expired, dead, outdated, surplus; everything when closing), then
+// creates, then destroys, then health checks, and last the time it must run again, if
+// any. It issues every create the state allows in one pass, counting the creates already
+// in flight, so that applying its actions and calling it again yields no further creates.
 //
 // The bounds it keeps: creates in flight ≤ CreateParallelism; ready + pending + allocated
 // ≤ MaxConcurrentSessions + ReadySessionInstances; no create before CreateAfter. (That
@@ -139,11 +146,17 @@ func reconcile(p policy, obs observed, fl inFlight, now time.Time) []action {
 		acts = append(acts, action{Kind: actRetire, ID: obs.Sandboxes[i].ID, Reason: reason})
 	}
 
-	var ready, pending, allocated int
+	// fresh and freshPending count the ready and pending sandboxes of the current template;
+	// outdated are the ready ones of older templates, oldest first.
+	var ready, pending, allocated, fresh, freshPending int
+	var outdated []int
 	for i, sb := range obs.Sandboxes {
 		switch sb.State {
 		case StatePending:
 			pending++
+			if sb.Generation == obs.Generation {
+				freshPending++
+			}
 		case StateReady:
 			switch {
 			case obs.Closing:
@@ -152,6 +165,11 @@ func reconcile(p policy, obs observed, fl inFlight, now time.Time) []action {
 				retire(i, reasonDead)
 			default:
 				ready++
+				if sb.Generation == obs.Generation {
+					fresh++
+				} else {
+					outdated = append(outdated, i)
+				}
 			}
 		case StateAllocated:
 			reason, at := expiry(s, sb)
@@ -168,6 +186,17 @@ func reconcile(p policy, obs observed, fl inFlight, now time.Time) []action {
 					later(at)
 				}
 			}
+		}
+	}
+
+	// A template update rolls: ready sandboxes of an older template keep serving until
+	// sandboxes of the current one take their place, so that the update costs no cold
+	// start; at most ReadySessionInstances - fresh of them are kept.
+	if !obs.Closing {
+		keep := min(len(outdated), max(0, s.ReadySessionInstances-fresh))
+		for _, i := range outdated[keep:] {
+			retire(i, reasonUpdated)
+			ready--
 		}
 	}
 
@@ -188,7 +217,7 @@ func reconcile(p policy, obs observed, fl inFlight, now time.Time) []action {
 	}
 
 	if !obs.Closing {
-		want := s.ReadySessionInstances + obs.Waiting - ready - pending
+		want := s.ReadySessionInstances + obs.Waiting - fresh - freshPending
 		room := s.MaxConcurrentSessions + s.ReadySessionInstances - (ready + pending + allocated)
 		slots := p.CreateParallelism - fl.Creates
 		if n := min(want, room, slots); n > 0 {

@@ -23,6 +23,7 @@ var rewrite = flag.Bool("rewrite", false, "rewrite the expected output of testda
 // Commands:
 //
 //	pool max=N ready=N [cooldown=D] [maxalive=D] [lifecycle=L] [create=N] [destroy=N] [probe=N] [health=D]
+//	update [max=N] [ready=N] [cooldown=D] [maxalive=D] [lifecycle=L] [template]
 //	acquire ID | get ID | release ID | withdraw ID | delete ID
 //	created SB [fail] | destroyed SB [fail] | probed SB [fail]
 //	advance D | close | state
@@ -133,11 +134,22 @@ func runCommand(sp **sim, line string) ([]string, error) {
 		}
 		return ""
 	}
-	if cmd == "pool" {
+	if cmd == "pool" || cmd == "update" {
 		p := policy{Spec: Spec{Name: "script", LifecycleType: LifecycleTimed, CooldownPeriod: time.Minute},
 			CreateParallelism: 2, DestroyParallelism: 2, ProbeParallelism: 2,
 			ProbeRetry: time.Second, DeadAfter: 2, SurplusGrace: 30 * time.Second}
+		template := false
+		if cmd == "update" {
+			if *sp == nil {
+				return nil, errors.New("no pool yet")
+			}
+			p = (*sp).pol
+		}
 		for _, kv := range args {
+			if kv == "template" && cmd == "update" {
+				template = true
+				continue
+			}
 			k, v, _ := strings.Cut(kv, "=")
 			n, _ := strconv.Atoi(v)
 			d, _ := time.ParseDuration(v)
@@ -166,6 +178,10 @@ func runCommand(sp **sim, line string) ([]string, error) {
 			default:
 				return nil, fmt.Errorf("unknown pool argument %q", kv)
 			}
+		}
+		if cmd == "update" {
+			err := (*sp).update(p, template)
+			return (*sp).take(), err
 		}
 		*sp = newSim(p)
 		err := (*sp).step()
@@ -207,9 +223,16 @@ func runCommand(sp **sim, line string) ([]string, error) {
 		err = s.close()
 	case "state":
 		c := s.st.counts()
-		s.printf("t=%s ready=%d pending=%d allocated=%d deleting=%d waiting=%d failures=%d", s.rel(s.now), c.Ready, c.Pending, c.Allocated, c.Deleting, c.Waiting, c.CreateFailures)
+		line := fmt.Sprintf("t=%s ready=%d pending=%d allocated=%d deleting=%d waiting=%d failures=%d", s.rel(s.now), c.Ready, c.Pending, c.Allocated, c.Deleting, c.Waiting, c.CreateFailures)
+		if s.st.gen > 0 {
+			line += fmt.Sprintf(" generation=%d outdated=%d", s.st.gen, c.Outdated)
+		}
+		s.printf("%s", line)
 		for _, b := range s.st.boxes {
 			l := fmt.Sprintf("  %s %s", b.ID, b.State)
+			if b.Generation > 0 {
+				l += fmt.Sprintf(" gen=%d", b.Generation)
+			}
 			if b.Identifier != "" {
 				l += fmt.Sprintf(" %s leases=%d", b.Identifier, b.Leases)
 			}

@@ -31,6 +31,11 @@ type sim struct {
 	everBound map[string]string
 	// out collects what happened, for scripts.
 	out []string
+	// inUse and total are allocated + waiting and ready + pending + allocated after the
+	// last event: above the caps (which an update may lower) they must not grow.
+	inUse, total int
+	// updated is when the last update was made.
+	updated time.Time
 }
 
 type simOp struct {
@@ -71,11 +76,15 @@ func (s *sim) step() error {
 			b := s.st.byID[a.ID]
 			switch a.Reason {
 			case reasonCooldown:
-				if exp := b.LastAccess.Add(s.pol.Spec.CooldownPeriod); !exp.Equal(s.now) || b.Leases != 0 {
+				if exp := b.LastAccess.Add(s.pol.Spec.CooldownPeriod); !s.due(exp) || b.Leases != 0 {
 					errs = append(errs, fmt.Errorf("%s retired for cooldown at %s, due at %s with %d leases", b.ID, s.rel(s.now), s.rel(exp), b.Leases))
 				}
+			case reasonUpdated:
+				if b.State != StateReady || b.Generation == s.st.gen {
+					errs = append(errs, fmt.Errorf("%s (%s, generation %d) retired as outdated in generation %d", b.ID, b.State, b.Generation, s.st.gen))
+				}
 			case reasonMaxAlive:
-				if exp := b.AllocatedAt.Add(s.pol.Spec.MaxAlivePeriod); !exp.Equal(s.now) {
+				if exp := b.AllocatedAt.Add(s.pol.Spec.MaxAlivePeriod); !s.due(exp) {
 					errs = append(errs, fmt.Errorf("%s retired for max-alive at %s, due at %s", b.ID, s.rel(s.now), s.rel(exp)))
 				}
 			}
@@ -84,8 +93,9 @@ func (s *sim) step() error {
 		case actCreate:
 			// Creates in flight count: a create is issued only if the ready and pending
 			// sandboxes do not already cover the ready target and the waiting identifiers.
-			if c := s.st.counts(); c.Ready+c.Pending >= s.pol.Spec.ReadySessionInstances+c.Waiting {
-				errs = append(errs, fmt.Errorf("create issued with %d ready and %d pending for a target of %d and %d waiting", c.Ready, c.Pending, s.pol.Spec.ReadySessionInstances, c.Waiting))
+			// Only sandboxes of the current template count (an update replaces the others).
+			if c := s.st.counts(); c.Ready+c.Pending-c.Outdated >= s.pol.Spec.ReadySessionInstances+c.Waiting {
+				errs = append(errs, fmt.Errorf("create issued with %d ready and %d pending (%d outdated) for a target of %d and %d waiting", c.Ready, c.Pending, c.Outdated, s.pol.Spec.ReadySessionInstances, c.Waiting))
 			}
 			s.ids++
 			id := fmt.Sprintf("sb-%d", s.ids)
@@ -226,6 +236,21 @@ func (s *sim) advance(d time.Duration) error {
 	return errors.Join(errs...)
 }
 
+// update changes the pool's policy, as Manager.Update does; template starts a new
+// template generation.
+func (s *sim) update(p policy, template bool) error {
+	s.pol = p
+	s.st.update(p, template)
+	s.updated = s.now
+	return s.step()
+}
+
+// due reports whether an expiry at exp is on time now: exactly at exp, or late when an
+// update shortened the period now.
+func (s *sim) due(exp time.Time) bool {
+	return exp.Equal(s.now) || (exp.Before(s.now) && s.now.Equal(s.updated))
+}
+
 func (s *sim) close() error {
 	s.st.close()
 	return s.step()
@@ -238,12 +263,15 @@ func (s *sim) check() error {
 	}
 	spec := s.pol.Spec
 	c := s.st.counts()
+	// An update may lower the caps below what is in use; then the numbers must not grow
+	// until they are under the caps again. Without updates this is the plain bound.
+	inUse, total := c.Allocated+c.Waiting, c.Ready+c.Pending+c.Allocated
+	prevInUse, prevTotal := s.inUse, s.total
+	s.inUse, s.total = inUse, total
 	switch {
-	case c.Allocated > spec.MaxConcurrentSessions:
-		return fmt.Errorf("%d allocated, above the cap of %d", c.Allocated, spec.MaxConcurrentSessions)
-	case c.Allocated+c.Waiting > spec.MaxConcurrentSessions:
+	case inUse > spec.MaxConcurrentSessions && inUse > prevInUse:
 		return fmt.Errorf("%d allocated and %d waiting, above the cap of %d", c.Allocated, c.Waiting, spec.MaxConcurrentSessions)
-	case c.Ready+c.Pending+c.Allocated > spec.MaxConcurrentSessions+spec.ReadySessionInstances:
+	case total > spec.MaxConcurrentSessions+spec.ReadySessionInstances && total > prevTotal:
 		return fmt.Errorf("%d ready, %d pending, %d allocated: above %d+%d", c.Ready, c.Pending, c.Allocated, spec.MaxConcurrentSessions, spec.ReadySessionInstances)
 	case s.st.fl.Creates > s.pol.CreateParallelism || s.st.fl.Destroys > s.pol.DestroyParallelism || s.st.fl.Probes > s.pol.ProbeParallelism:
 		return fmt.Errorf("in flight %+v above the bounds", s.st.fl)

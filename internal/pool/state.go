@@ -34,6 +34,8 @@ type state struct {
 	lastErr     error     // the last create's error, nil after a success
 	lastDemand  time.Time // the last time a new identifier asked for a session
 	closing     bool
+	// gen is the template generation new sandboxes are created from (update.go).
+	gen int
 
 	// Outboxes, drained by the owner after each event.
 
@@ -164,9 +166,15 @@ func (st *state) withdraw(identifier string) bool {
 	return false
 }
 
+// popReady takes the oldest ready sandbox of the current template, or, while an update
+// rolls and none is ready yet, the oldest ready one.
 func (st *state) popReady() *box {
-	b := st.ready[0]
-	st.ready = slices.Delete(st.ready, 0, 1)
+	i := slices.IndexFunc(st.ready, func(b *box) bool { return b.Generation == st.gen })
+	if i < 0 {
+		i = 0
+	}
+	b := st.ready[i]
+	st.ready = slices.Delete(st.ready, i, i+1)
 	return b
 }
 
@@ -238,7 +246,7 @@ func (st *state) apply(a action, id string, now time.Time) {
 		}
 	case actCreate:
 		// Counted in flight before the create is issued.
-		b := &box{sbView: sbView{ID: id, State: StatePending}}
+		b := &box{sbView: sbView{ID: id, State: StatePending, Generation: st.gen}}
 		st.boxes = append(st.boxes, b)
 		st.byID[id] = b
 		st.fl.Creates++
@@ -417,7 +425,7 @@ func (st *state) observe(buf []sbView) observed {
 		buf = append(buf, b.sbView)
 	}
 	return observed{Sandboxes: buf, Waiting: len(st.waiting), CreateAfter: st.createAfter,
-		LastDemand: st.lastDemand, Closing: st.closing}
+		LastDemand: st.lastDemand, Closing: st.closing, Generation: st.gen}
 }
 
 func (st *state) counts() Counts {
@@ -432,6 +440,9 @@ func (st *state) counts() Counts {
 			c.Allocated++
 		case StateDeleting:
 			c.Deleting++
+		}
+		if (b.State == StatePending || b.State == StateReady) && b.Generation != st.gen {
+			c.Outdated++
 		}
 	}
 	c.Waiting = len(st.waiting)
@@ -480,6 +491,9 @@ func (st *state) check() error {
 		}
 		if b.Probing {
 			fl.Probes++
+		}
+		if b.Generation > st.gen {
+			return fmt.Errorf("box %s of generation %d, after the current %d", b.ID, b.Generation, st.gen)
 		}
 		switch b.State {
 		case StateReady:

@@ -106,6 +106,10 @@ type Counts struct {
 	Deleting int
 	// Waiting counts identifiers waiting for a cold start.
 	Waiting int
+	// Outdated counts the ready and pending sandboxes (among Ready and Pending) made from
+	// a template older than the pool's current one: a rolling update (Manager.Update)
+	// is in progress while it is above 0.
+	Outdated int
 	// CreateFailures counts consecutive failed creates (0 after a success); while it is
 	// above 0, creates back off exponentially. Manager.LastError returns the last one.
 	CreateFailures int
