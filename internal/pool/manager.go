@@ -62,6 +62,16 @@ type Options struct {
 	Kernel string
 	// Env is added to every sandbox's environment (the image's configured environment).
 	Env []string
+	// Command, WorkingDir and User are every sandbox's main process (sandbox.Spec): a
+	// custom container's, whose exit, seen by the health checks, ends its session.
+	Command    []string
+	WorkingDir string
+	User       *sandbox.User
+	// Watch, if set, runs for each allocated session from its binding until it ends, in
+	// a goroutine the pool owns, whose ctx ends with the session (or the pool). An error
+	// it returns before then ends the session, as a dead sandbox: the custom containers'
+	// liveness probes.
+	Watch func(ctx context.Context, s SessionInfo, agent *agentapi.Client) error
 	// RefillParallelism bounds concurrent sandbox creates (DefaultRefillParallelism if 0).
 	RefillParallelism int
 	// RefillDelay postpones replacing a ready sandbox that a new identifier took while
@@ -106,6 +116,10 @@ type Manager struct {
 	rootFS    string
 	kernel    string
 	env       []string
+	command   []string
+	workDir   string
+	user      *sandbox.User
+	watch     func(ctx context.Context, s SessionInfo, agent *agentapi.Client) error
 	clock     Clock
 	log       *slog.Logger
 	prepare   func(ctx context.Context, info sandbox.Info, agent *agentapi.Client) error
@@ -137,7 +151,9 @@ type Manager struct {
 	// waiters are the requests waiting for a cold start, by identifier, in arrival order.
 	waiters map[string][]chan acquireResult
 	// deleters are Delete calls waiting for a destroy, by sandbox ID.
-	deleters  map[string][]chan error
+	deleters map[string][]chan error
+	// watching stops the Watch of each allocated session, by sandbox ID.
+	watching  map[string]context.CancelFunc
 	buf       []sbView
 	stopTimer func() bool
 	wakeAt    time.Time
@@ -167,6 +183,8 @@ const (
 	evCreated eventKind = iota + 1
 	evDestroyed
 	evProbed
+	// evDied: Options.Watch reported the session's container dead.
+	evDied
 )
 
 // event is the result of a runtime call made by a worker.
@@ -223,6 +241,7 @@ func New(spec Spec, opts Options) (*Manager, error) {
 		spec: spec, pol: pol, rt: opts.Runtime, promoter: promoterOf(opts.Runtime), rootFS: opts.RootFS, kernel: opts.Kernel, env: opts.Env, clock: opts.Clock,
 		log:     opts.Log.With("component", "pool", "pool", spec.Name),
 		prepare: opts.Prepare, newID: newSandboxID, recorder: opts.Recorder, recovered: opts.Recovered,
+		command: opts.Command, workDir: opts.WorkingDir, user: opts.User, watch: opts.Watch, watching: map[string]context.CancelFunc{},
 		reqs: make(chan func() bool), events: make(chan event, 16), wake: make(chan struct{}, 1),
 		quit: make(chan struct{}), done: make(chan struct{}),
 		life: life, cancel: cancel,

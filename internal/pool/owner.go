@@ -146,10 +146,17 @@ func (m *Manager) handle(ev event) {
 	case evDestroyed:
 		m.st.destroyed(ev.id, ev.err, now)
 	case evProbed:
+		if ee := (*ExitedError)(nil); errors.As(ev.err, &ee) {
+			m.st.probed(ev.id, nil, now)
+			m.died(ev.id, ev.err)
+			return
+		}
 		if ev.err != nil {
 			m.log.Debug("sandbox health check failed", "sandbox", ev.id, "err", ev.err)
 		}
 		m.st.probed(ev.id, ev.err, now)
+	case evDied:
+		m.died(ev.id, ev.err)
 	}
 }
 
@@ -239,6 +246,7 @@ func (m *Manager) flush() {
 	}
 	for _, t := range st.log {
 		m.logTransition(t)
+		m.watchTransition(t)
 		switch {
 		case t.To == StateAllocated && t.From != StateAllocated:
 			if b := st.byID[t.ID]; b != nil && b.State == StateAllocated {
@@ -287,6 +295,7 @@ func (m *Manager) spawn(call func() event) {
 
 func (m *Manager) create(id string) event {
 	spec := sandbox.Spec{ID: id, Image: m.spec.Image, RootFS: m.rootFS, Kernel: m.kernel, Env: m.env, Limits: m.spec.Limits,
+		Command: m.command, WorkingDir: m.workDir, User: m.user,
 		Labels: map[string]string{LabelPool: m.spec.Name}, Background: m.promoter != nil}
 	info, err := m.rt.Create(m.life, spec)
 	if err == nil && m.prepare != nil {
@@ -311,6 +320,9 @@ func (m *Manager) destroy(id string) event {
 func (m *Manager) probe(id string) event {
 	ctx, cancel := context.WithTimeout(m.life, probeTimeout)
 	defer cancel()
-	_, err := m.rt.Agent(id).Health(ctx)
+	h, err := m.rt.Agent(id).Health(ctx)
+	if err == nil {
+		err = exited(h) // a sandbox whose container exited is dead at once
+	}
 	return event{kind: evProbed, id: id, err: err}
 }
