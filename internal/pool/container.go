@@ -138,11 +138,11 @@ func (c *ContainerSpec) Environ(imageEnv []string) ([]string, error) {
 	return env, nil
 }
 
-// Credentials returns the username and password for pulls from registry ("", "" for
-// none: no credentials, or credentials for another server).
-func (c *ContainerSpec) Credentials(registry string) (username, password string, err error) {
+// Credentials returns the registry username and password, resolved from the pool's
+// secrets; "", "" without registry credentials. They are meant for Registry.Server only.
+func (c *ContainerSpec) Credentials() (username, password string, err error) {
 	r := c.Registry
-	if r == nil || !strings.EqualFold(r.Server, registry) {
+	if r == nil {
 		return "", "", nil
 	}
 	pw, ok := c.Secrets[r.PasswordSecretRef]

@@ -197,11 +197,8 @@ func TestContainerSpec(t *testing.T) {
 	if want := []string{"PATH=/app/bin", "LANG=C", "PORT=8080", "TOKEN=s3cret"}; err != nil || !cmp.Equal(env, want) {
 		t.Errorf("Environ = %q, %v; want %q", env, err, want)
 	}
-	if u, p, err := c.Credentials("REG.example"); u != "u" || p != "hunter2" || err != nil {
-		t.Errorf("Credentials(its server) = %q, %q, %v", u, p, err)
-	}
-	if u, p, err := c.Credentials("other.example"); u != "" || p != "" || err != nil {
-		t.Errorf("Credentials(another server) = %q, %q, %v; want none", u, p, err)
+	if u, p, err := c.Credentials(); u != "u" || p != "hunter2" || err != nil {
+		t.Errorf("Credentials = %q, %q, %v", u, p, err)
 	}
 
 	if ps := c.StartupProbes(); len(ps) != 1 || ps[0].TCPSocket == nil || ps[0].TCPSocket.Port != 8080 || ps[0].PeriodSeconds != 1 {
