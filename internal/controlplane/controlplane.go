@@ -43,6 +43,9 @@ type Config struct {
 	Log   *slog.Logger
 	// RefillDelay is pool.Options.RefillDelay (RefillDelay if zero; negative: none).
 	RefillDelay time.Duration
+	// PullTimeout bounds the pull of a CustomContainer pool's image (DefaultPullTimeout if
+	// zero).
+	PullTimeout time.Duration
 }
 
 // ControlPlane is the set of pools of one process. Its methods are safe for concurrent use.
@@ -54,13 +57,24 @@ type ControlPlane struct {
 	mu    sync.RWMutex
 	order []string
 	pools map[string]*Pool
+
+	// prov runs the pulls of CustomContainer pools (container.go).
+	prov provisioner
 }
 
 var _ api.Pools = (*ControlPlane)(nil)
 
 // Pool is one running pool: its manager plus what the API's metadata needs.
+//
+// A CustomContainer pool starts without a manager (Manager is nil) while its image is
+// pulled, and keeps none if the pull fails: Provisioning says which. The methods of the
+// api.Pool interface and Counts, LastError and End work in every state (container.go);
+// other uses of Manager must check it.
 type Pool struct {
 	*pool.Manager
+	spec    pool.Spec
+	rt      sandbox.Runtime
+	prov    *provisioning // nil for a pool built at once
 	runtime string
 	image   image.Image
 	created time.Time
@@ -90,7 +104,11 @@ func New(ctx context.Context, cfg Config, specs []pool.Spec) (cp *ControlPlane, 
 	case cfg.RefillDelay < 0:
 		cfg.RefillDelay = 0
 	}
+	if cfg.PullTimeout <= 0 {
+		cfg.PullTimeout = DefaultPullTimeout
+	}
 	cp = &ControlPlane{cfg: cfg, log: cfg.Log.With("component", "controlplane"), pools: map[string]*Pool{}}
+	cp.prov.ctx, cp.prov.cancel = context.WithCancel(context.WithoutCancel(ctx))
 	if cfg.Store != nil {
 		cp.rec, err = store.NewAsync(cfg.Store, store.AsyncOptions{OnError: func(err error) {
 			cp.log.Error("writing the session store", "err", err)
@@ -115,11 +133,15 @@ func New(ctx context.Context, cfg Config, specs []pool.Spec) (cp *ControlPlane, 
 	return cp, nil
 }
 
-// start builds and starts spec's pool and adds it.
+// start builds and starts spec's pool and adds it. A CustomContainer pool is added at once
+// and built once its image is pulled, in the background (container.go).
 func (cp *ControlPlane) start(ctx context.Context, spec pool.Spec) error {
 	rt, err := cp.cfg.OpenRuntime(spec.Runtime)
 	if err != nil {
 		return fmt.Errorf("pool %s: %w", spec.Name, err)
+	}
+	if spec.ContainerType == pool.CustomContainer {
+		return cp.startContainer(spec, rt)
 	}
 	img, err := cp.cfg.Images.Get(ctx, spec.Image)
 	if err != nil {
@@ -128,7 +150,20 @@ func (cp *ControlPlane) start(ctx context.Context, spec pool.Spec) error {
 		}
 		return fmt.Errorf("pool %s: %w", spec.Name, err)
 	}
-	p := &Pool{runtime: rt.Name(), image: img, created: time.Now().UTC(),
+	p, err := cp.build(ctx, spec, rt, img)
+	if err != nil {
+		return err
+	}
+	cp.mu.Lock()
+	cp.pools[spec.Name] = p
+	cp.order = append(cp.order, spec.Name)
+	cp.mu.Unlock()
+	return nil
+}
+
+// build builds and starts spec's pool on rt and img.
+func (cp *ControlPlane) build(ctx context.Context, spec pool.Spec, rt sandbox.Runtime, img image.Image) (*Pool, error) {
+	p := &Pool{rt: rt, runtime: rt.Name(), image: img, created: time.Now().UTC(),
 		packages: sync.OnceValue(func() []pool.NameVersion {
 			var ps []pool.NameVersion
 			for _, pk := range image.PythonPackages(img.RootFS) {
@@ -141,6 +176,11 @@ func (cp *ControlPlane) start(ctx context.Context, spec pool.Spec) error {
 	if spec.ContainerType == pool.PythonLTS {
 		opts.Kernel = "python3"
 	}
+	if spec.ContainerType == pool.CustomContainer {
+		if err := containerOptions(&opts, spec, img); err != nil {
+			return nil, fmt.Errorf("pool %s: %w", spec.Name, err)
+		}
+	}
 	if cp.rec != nil {
 		opts.Recorder = cp.rec
 		recs, err := cp.cfg.Store.ListSessions(ctx, spec.Name)
@@ -152,20 +192,16 @@ func (cp *ControlPlane) start(ctx context.Context, spec pool.Spec) error {
 	}
 	m, err := pool.New(spec, opts)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	p.Manager = m
+	p.Manager, p.spec = m, m.Spec()
 	if err := m.Start(ctx); err != nil {
-		return fmt.Errorf("starting pool %s: %w", spec.Name, err)
+		return nil, fmt.Errorf("starting pool %s: %w", spec.Name, err)
 	}
 	if n := len(m.Sessions()); n > 0 {
 		cp.log.Info("adopted sessions", "pool", spec.Name, "sessions", n)
 	}
-	cp.mu.Lock()
-	cp.pools[spec.Name] = p
-	cp.order = append(cp.order, spec.Name)
-	cp.mu.Unlock()
-	return nil
+	return p, nil
 }
 
 // Pool implements api.Pools.
@@ -208,6 +244,7 @@ func (cp *ControlPlane) Detach(ctx context.Context) error {
 }
 
 func (cp *ControlPlane) stop(ctx context.Context, stop func(*pool.Manager, context.Context) error) error {
+	cp.prov.stop()
 	cp.mu.Lock()
 	pools, order := cp.pools, cp.order
 	cp.pools, cp.order = map[string]*Pool{}, nil
@@ -216,6 +253,9 @@ func (cp *ControlPlane) stop(ctx context.Context, stop func(*pool.Manager, conte
 	var wg sync.WaitGroup
 	var mu sync.Mutex
 	for _, name := range order {
+		if pools[name].Manager == nil {
+			continue // never provisioned: nothing runs
+		}
 		wg.Go(func() {
 			if err := stop(pools[name].Manager, ctx); err != nil {
 				mu.Lock()
@@ -274,6 +314,9 @@ func WarmupHook(spec pool.Spec, onKernel func(agentapi.KernelInfo)) func(context
 
 // Metadata implements api.Pool: the image's runtimes and packages, and the kernel.
 func (p *Pool) Metadata(ctx context.Context) (pool.Metadata, error) {
+	if p.Manager == nil {
+		return p.pendingMetadata(ctx)
+	}
 	md := pool.Metadata{CreatedAt: p.created, UpdatedAt: p.created, Packages: p.packages()}
 	p.mu.Lock()
 	if p.kernel != nil {
