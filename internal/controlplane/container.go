@@ -101,9 +101,18 @@ func (cp *ControlPlane) provision(p *Pool) {
 	if err == nil {
 		built.created = p.created
 		cp.mu.Lock()
-		cp.pools[spec.Name] = built
+		current := cp.pools[spec.Name] == p
+		if current {
+			cp.pools[spec.Name] = built
+		}
 		cp.mu.Unlock()
-	} else {
+		if !current { // the pool was removed meanwhile
+			built.Manager.Close(context.WithoutCancel(ctx))
+			err = errkind.New(errkind.NotFound, "pool %s was removed while its image was pulled", spec.Name)
+			built = nil
+		}
+	}
+	if err != nil {
 		if cp.prov.ctx.Err() != nil {
 			log.Info("pull abandoned: the control plane is stopping", "err", err)
 		} else {

@@ -485,7 +485,9 @@ func TestCustomContainerRegistryAuth(t *testing.T) {
 		t.Fatalf("pool without credentials: %s, %v", state, err)
 	}
 	status, b := send(t, "GET", base+"/pools/without/?identifier=auth-user", nil, nil)
-	var env struct{ Error struct{ Code, Message string } }
+	var env struct {
+		Error struct{ Code, Message string }
+	}
 	json.Unmarshal(b, &env)
 	if status != 503 || !strings.Contains(env.Error.Message, "requires credentials") || !strings.Contains(env.Error.Message, "without") {
 		t.Errorf("a request to the failed pool: %d %s", status, b)
