@@ -3,9 +3,10 @@
 // a unix socket. This file only turns flags into an agent.Config; everything else is in
 // internal/agent.
 //
-//	sessiond-agent [-socket PATH] [-data-dir DIR] [-uid N] [-gid N] [-home DIR] [-workdir DIR] [-kernel python3] [-max-tunnels N] [-- COMMAND [ARG...]]
+//	sessiond-agent [-socket PATH] [-data-dir DIR] [-uid N] [-gid N] [-home DIR] [-workdir DIR] [-main-user UID:GID] [-kernel python3] [-max-tunnels N] [-- COMMAND [ARG...]]
 //
-// COMMAND, if given, is the sandbox's main process, run as the unprivileged user.
+// COMMAND, if given, is the sandbox's main process, run as the unprivileged user or as
+// -main-user.
 // -kernel python3 makes it a code-interpreter sandbox: the agent supervises an ipykernel
 // and serves executions on it.
 package main
@@ -16,6 +17,8 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"strconv"
+	"strings"
 
 	"github.com/sessiond/sessiond/internal/agent"
 	"github.com/sessiond/sessiond/internal/agentapi"
@@ -44,6 +47,16 @@ func run(args []string) error {
 	fs.StringVar(&cfg.KernelDir, "kernel-dir", "", "directory for the kernel's connection file (default /run/sessiond-kernel)")
 	fs.StringVar(&cfg.Kernel, "kernel", "", "Jupyter kernel to supervise (python3), for code-interpreter sandboxes")
 	fs.IntVar(&cfg.MaxTunnels, "max-tunnels", agent.DefaultMaxTunnels, "most tunnels to the sandbox's loopback open at once")
+	fs.Func("main-user", "UID:GID the main command runs as (default: -uid and -gid; 0:0 is the sandbox's root)", func(v string) error {
+		u, g, ok := strings.Cut(v, ":")
+		uid, uerr := strconv.Atoi(u)
+		gid, gerr := strconv.Atoi(g)
+		if !ok || uerr != nil || gerr != nil || uid < 0 || gid < 0 {
+			return fmt.Errorf("%q: want UID:GID", v)
+		}
+		cfg.MainUser = &agent.Identity{UID: uid, GID: gid}
+		return nil
+	})
 	if err := fs.Parse(args); err != nil {
 		return err
 	}

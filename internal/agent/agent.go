@@ -34,6 +34,11 @@ import (
 	"github.com/sessiond/sessiond/internal/errkind"
 )
 
+// Identity is a numeric user and group inside the sandbox.
+type Identity struct {
+	UID, GID int
+}
+
 // Config configures an Agent. The zero value serves the production layout.
 type Config struct {
 	// Socket is the unix socket the API is served on; default
@@ -54,6 +59,10 @@ type Config struct {
 	Command []string
 	// WorkDir is the working directory of Command; default DataDir.
 	WorkDir string
+	// MainUser, if set, is the identity Command runs as instead of UID:GID: a custom
+	// container image's user. 0:0 is the sandbox's root, unprivileged on the host, which
+	// keeps the agent's own reduced capability set. Exec and files stay with UID:GID.
+	MainUser *Identity
 	// Kernel, if not empty, makes this a code-interpreter sandbox: the agent starts the
 	// named Jupyter kernel as the user, in DataDir, keeps it running (a kernel that dies
 	// is replaced) and serves executions on it (agentapi.PathKernel...). The only kernel
@@ -180,6 +189,9 @@ func (a *Agent) validate() error {
 	}
 	if c.UID < 0 || c.GID < 0 {
 		return fmt.Errorf("invalid config: negative uid %d or gid %d", c.UID, c.GID)
+	}
+	if u := c.MainUser; u != nil && (u.UID < 0 || u.GID < 0) {
+		return fmt.Errorf("invalid config: negative main user %d:%d", u.UID, u.GID)
 	}
 	if c.StopGrace < 0 {
 		return fmt.Errorf("invalid config: negative stop grace %v", c.StopGrace)

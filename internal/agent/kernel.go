@@ -390,7 +390,7 @@ func (s *kernelSup) spawn() (*kernelProc, error) {
 	if err := info.WriteFile(connFile, a.switchUser, a.cfg.UID, a.cfg.GID); err != nil {
 		return nil, err
 	}
-	pid, done, console, err := a.spawnConsole(s.argv(connFile), mergeEnv(a.env[asUser], kernelEnv), a.cfg.DataDir)
+	pid, done, console, err := a.spawnConsole(s.argv(connFile), mergeEnv(a.env[asUser], kernelEnv), a.cfg.DataDir, a.cred)
 	if err != nil {
 		os.Remove(connFile)
 		return nil, err

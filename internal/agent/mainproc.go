@@ -15,9 +15,10 @@ import (
 	"github.com/sessiond/sessiond/internal/errkind"
 )
 
-// mainProc supervises the sandbox's main command: started once by Serve as the user, in
-// its own process group, with its console (stdout and stderr together) kept in a ring.
-// It is not restarted when it exits; the host sees that in the health report.
+// mainProc supervises the sandbox's main command: started once by Serve as the user (or
+// Config.MainUser), in its own process group, with its console (stdout and stderr
+// together) kept in a ring. It is not restarted when it exits; the host sees that in the
+// health report.
 type mainProc struct {
 	reaper *reaper
 	log    *slog.Logger
@@ -49,7 +50,8 @@ func (a *Agent) startMain() *mainProc {
 		waiterDone: make(chan struct{}),
 		readerDone: make(chan struct{}),
 	}
-	pid, done, console, err := a.spawnConsole(a.cfg.Command, a.env[asUser], a.cfg.WorkDir)
+	env, cred := a.mainIdentity()
+	pid, done, console, err := a.spawnConsole(a.cfg.Command, env, a.cfg.WorkDir, cred)
 	if err != nil {
 		code := 126
 		if errkind.Is(err, errkind.NotFound) {
@@ -70,11 +72,26 @@ func (a *Agent) startMain() *mainProc {
 	return m
 }
 
-// spawnConsole starts argv as the user, in its own process group and in dir, with env, its
-// stdin on /dev/null and its stdout and stderr together on a pipe: its console, whose read
-// end it returns. argv[0] is looked up in env's PATH. The main command and the kernel are
-// started this way.
-func (a *Agent) spawnConsole(argv, env []string, dir string) (int, <-chan unix.WaitStatus, *os.File, error) {
+// mainIdentity returns the environment and the credential the main command starts with:
+// the user's, or those of Config.MainUser (with root's HOME and USER for uid 0). Without
+// switchUser it runs as the agent's own user, like every command.
+func (a *Agent) mainIdentity() ([]string, *syscall.Credential) {
+	u := a.cfg.MainUser
+	if u == nil || !a.switchUser {
+		return a.env[asUser], a.cred
+	}
+	env := a.env[asUser]
+	if u.UID == 0 {
+		env = a.env[asRoot]
+	}
+	return env, &syscall.Credential{Uid: uint32(u.UID), Gid: uint32(u.GID), Groups: []uint32{uint32(u.GID)}}
+}
+
+// spawnConsole starts argv as cred (nil: the agent's own identity), in its own process
+// group and in dir, with env, its stdin on /dev/null and its stdout and stderr together on
+// a pipe: its console, whose read end it returns. argv[0] is looked up in env's PATH. The
+// main command and the kernel are started this way.
+func (a *Agent) spawnConsole(argv, env []string, dir string, cred *syscall.Credential) (int, <-chan unix.WaitStatus, *os.File, error) {
 	path, err := lookPath(argv[0], getenv(env, "PATH"))
 	if err != nil {
 		return 0, nil, nil, err
@@ -92,7 +109,7 @@ func (a *Agent) spawnConsole(argv, env []string, dir string) (int, <-chan unix.W
 		Dir:   dir,
 		Env:   env,
 		Files: []uintptr{stdin, uintptr(p.theirs), uintptr(p.theirs)},
-		Sys:   &syscall.SysProcAttr{Setpgid: true, Credential: a.cred, Pdeathsig: syscall.SIGKILL},
+		Sys:   &syscall.SysProcAttr{Setpgid: true, Credential: cred, Pdeathsig: syscall.SIGKILL},
 	}
 	pid, done, err := a.reaper.start(path, argv, attr)
 	unix.Close(p.theirs)

@@ -15,8 +15,10 @@
 // interfaces below and reaches a session's sandbox only through its lease's agent client.
 // It does not authenticate yet (authentication is a later issue); until it does, the guard
 // (guard.go: Config.AllowedHosts and the cross-site checks) keeps web pages from using a
-// server on loopback through DNS rebinding or cross-site requests. It does not
-// reverse-proxy custom-container pools. cmd/sessiond wires it; nothing else imports it.
+// server on loopback through DNS rebinding or cross-site requests. Requests to
+// custom-container pools are forwarded to the session's container (proxy.go, over
+// internal/proxy), but for the .management operations. cmd/sessiond wires it; nothing else
+// imports it.
 package api
 
 import (
@@ -30,6 +32,7 @@ import (
 	"github.com/sessiond/sessiond/internal/events"
 	"github.com/sessiond/sessiond/internal/metrics"
 	"github.com/sessiond/sessiond/internal/pool"
+	"github.com/sessiond/sessiond/internal/proxy"
 )
 
 // Pools finds pools by name.
@@ -96,6 +99,9 @@ type Config struct {
 	Events *events.Log
 	// Manage, if set, serves the management API under /v1/ (manage.go); nil: not served.
 	Manage Manager
+	// Proxy forwards requests to custom-container pools (its timeouts, the session
+	// identifier header); nil means one with proxy's defaults, which Close closes.
+	Proxy *proxy.Proxy
 }
 
 // Server is the data-plane HTTP handler. It is safe for concurrent use and holds no state
@@ -114,6 +120,9 @@ type Server struct {
 	metadataTimeout, transferTimeout time.Duration
 	// fallbacks are the mux patterns that answer 404 or 405; written by buildMux only.
 	fallbacks map[string]bool
+	// proxy forwards to custom containers; ownProxy is set when New made it.
+	proxy    *proxy.Proxy
+	ownProxy bool
 }
 
 // New returns a Server for cfg. It has no side effects.
@@ -126,12 +135,27 @@ func New(cfg Config) *Server {
 		log = slog.New(slog.DiscardHandler)
 	}
 	s := &Server{cfg: cfg, log: log.With("component", "api"), allowedHosts: allowedHosts(cfg.AllowedHosts),
-		metadataTimeout: metadataTimeout, transferTimeout: transferTimeout}
+		metadataTimeout: metadataTimeout, transferTimeout: transferTimeout, proxy: cfg.Proxy}
+	if s.proxy == nil {
+		p, err := proxy.New(proxy.Config{Log: log})
+		if err != nil {
+			panic("api: the default proxy configuration is invalid: " + err.Error())
+		}
+		s.proxy, s.ownProxy = p, true
+	}
 	s.mux = s.buildMux()
 	return s
 }
 
 // ServeHTTP implements http.Handler.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	s.mux.ServeHTTP(w, normalize(r))
+	s.mux.ServeHTTP(w, withOriginalURL(normalize(r), r))
+}
+
+// Close closes the idle connections to custom containers of the proxy New made. Requests
+// in flight are not affected.
+func (s *Server) Close() {
+	if s.ownProxy {
+		s.proxy.Close()
+	}
 }

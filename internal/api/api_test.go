@@ -420,8 +420,15 @@ func TestRouting(t *testing.T) {
 		{"DELETE", pyPath + "/files", 405, codeMethodNotAllowed, "GET, POST"},
 		{"DELETE", pyPath + "/files/", 405, codeMethodNotAllowed, "GET, POST"},
 		{"GET", pyPath + "/executions", 405, codeMethodNotAllowed, "POST"},
-		{"POST", "/pools/custom/executions?" + v2025 + "&identifier=abcd", 400, codeDynamicAPIsNotAllowed, ""},
-		{"GET", "/pools/custom/files?" + v2025 + "&identifier=abcd", 400, codeDynamicAPIsNotAllowed, ""},
+		// Custom-container pools forward everything but .management (the stub has no
+		// sandbox to forward to: 503), with no api-version needed, but an identifier.
+		{"POST", "/pools/custom/executions?" + v2025 + "&identifier=abcd", 503, codeUnavailable, ""},
+		{"GET", "/pools/custom/files?identifier=abcd", 503, codeUnavailable, ""},
+		{"PUT", "/pools/custom/any/path?identifier=abcd", 503, codeUnavailable, ""},
+		{"GET", "/pools/custom", 400, codeValidationFailed, ""},
+		{"GET", "/pools/custom/.management/stopSession", 405, codeMethodNotAllowed, "POST"},
+		{"POST", "/pools/custom/.management/nothing?identifier=abcd", 404, codeNotFound, ""},
+		{"POST", "/pools/custom/.management?identifier=abcd", 404, codeNotFound, ""},
 		{"GET", pyPath + "/files?identifier=abcd", 400, codeValidationFailed, ""},
 		{"GET", pyPath + "/listSessions", 400, codeValidationFailed, ""},
 		{"GET", pyPath + "/listSessions?" + v2025, 200, "", ""},

@@ -21,11 +21,10 @@ import (
 
 // Azure error codes.
 const (
-	codeValidationFailed      = "SessionRequestValidationFailed"
-	codeNotSupported          = "SessionRequestNotSupported"
-	codePropertiesMissing     = "SessionPropertiesMissing"
-	codeSessionNotFound       = "SessionWithIdentifierNotFound"
-	codeDynamicAPIsNotAllowed = "DynamicApisNotAllowed"
+	codeValidationFailed  = "SessionRequestValidationFailed"
+	codeNotSupported      = "SessionRequestNotSupported"
+	codePropertiesMissing = "SessionPropertiesMissing"
+	codeSessionNotFound   = "SessionWithIdentifierNotFound"
 	// Azure gives no code for these statuses; these name what happened.
 	codePoolNotFound     = "SessionPoolNotFound"
 	codeNotFound         = "NotFound"
@@ -111,13 +110,6 @@ func errSessionNotFound(identifier string) error {
 // errPoolNotFound is a 404 for an unknown pool name in the path.
 func errPoolNotFound(name string) error {
 	return &apiError{status: http.StatusNotFound, code: codePoolNotFound, msg: fmt.Sprintf("Session pool '%s' does not exist.", name)}
-}
-
-// errNotDynamic refuses the code-interpreter API on a custom-container pool, worded as
-// Azure words it (§2.4).
-func errNotDynamic(name string) error {
-	return &apiError{status: http.StatusBadRequest, code: codeDynamicAPIsNotAllowed,
-		msg: fmt.Sprintf("Dynamic API calls are not allowed for session pool '%s': 'the pool is not dynamic'.", name)}
 }
 
 // errTooLarge is a 413 for a body or uploaded file above limit bytes.

@@ -111,8 +111,8 @@ func (s *Server) run(w http.ResponseWriter, r *http.Request, c *call) (err error
 			return errPoolNotFound(c.poolName)
 		}
 		c.pool, c.spec = p, p.Spec()
-		if !rt.management && c.spec.ContainerType == pool.CustomContainer {
-			return errNotDynamic(c.poolName)
+		if !rt.management && c.spec.ContainerType == pool.CustomContainer && !isReserved(r) {
+			return s.forward(w, r, c) // proxy.go
 		}
 	}
 	c.apiVersion = c.query.get("api-version")

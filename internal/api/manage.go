@@ -142,8 +142,8 @@ type poolList struct {
 	Value []poolResource `json:"value"`
 }
 
-// poolPath is the Azure-shaped path of a pool's endpoint.
-func poolPath(name string) string {
+// poolEndpointPath is the Azure-shaped path of a pool's endpoint.
+func poolEndpointPath(name string) string {
 	return "/subscriptions/local/resourceGroups/local/sessionPools/" + url.PathEscape(name)
 }
 
@@ -167,7 +167,7 @@ func (s *Server) resource(r *http.Request, st PoolStatus) (poolResource, error) 
 	if doc.Properties == nil {
 		doc.Properties = map[string]any{}
 	}
-	doc.Properties["poolManagementEndpoint"] = baseURL(r) + poolPath(st.Name)
+	doc.Properties["poolManagementEndpoint"] = baseURL(r) + poolEndpointPath(st.Name)
 	doc.Properties["provisioningState"] = st.State
 	c := st.Counts
 	return poolResource{

@@ -2,8 +2,12 @@ package api
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
+	"io"
+	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -16,6 +20,7 @@ import (
 	"github.com/sessiond/sessiond/internal/agentapi"
 	"github.com/sessiond/sessiond/internal/errkind"
 	"github.com/sessiond/sessiond/internal/pool"
+	"github.com/sessiond/sessiond/internal/proxy"
 	"github.com/sessiond/sessiond/internal/sandbox"
 	"github.com/sessiond/sessiond/internal/sandbox/sandboxtest"
 )
@@ -162,8 +167,36 @@ func (p *testPool) close() {
 
 // testSpec returns a pool spec for tests.
 func testSpec(name string, ct pool.ContainerType) pool.Spec {
-	return pool.Spec{Name: name, ContainerType: ct, MaxConcurrentSessions: 10, ReadySessionInstances: 0,
+	s := pool.Spec{Name: name, ContainerType: ct, MaxConcurrentSessions: 10, ReadySessionInstances: 0,
 		LifecycleType: "Timed", CooldownPeriod: 5 * time.Minute, ExecutionTimeoutCap: pool.DefaultExecutionTimeoutCap}
+	if ct == pool.CustomContainer {
+		// A Fake sandbox shares the host's loopback: the test's container listens there.
+		s.Container = &pool.ContainerSpec{Image: "echo", TargetPort: containerPort()}
+	}
+	return s
+}
+
+// container is the "container" of custom pools over the Fake runtime: an HTTP server on the
+// host's loopback (which Fake sandboxes share) that echoes what reached it, without
+// anything that varies between runs.
+var container struct {
+	once sync.Once
+	srv  *httptest.Server
+}
+
+func containerPort() int {
+	container.once.Do(func() {
+		container.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			body, _ := io.ReadAll(r.Body)
+			w.Header().Set("Content-Type", "application/json")
+			json.NewEncoder(w).Encode(map[string]any{
+				"method": r.Method, "path": r.URL.EscapedPath(), "query": r.URL.RawQuery, "body": string(body),
+				"identifier": r.Header.Get(proxy.SessionIdentifierHeader), "authorization": r.Header.Get("Authorization"),
+				"forwardedProto": r.Header.Get("X-Forwarded-Proto"),
+			})
+		}))
+	})
+	return container.srv.Listener.Addr().(*net.TCPAddr).Port
 }
 
 // env is what the real-sandbox tests need of the host, found once.
@@ -244,6 +277,9 @@ func TestMain(m *testing.M) {
 	code := m.Run()
 	if env.dir != "" {
 		os.RemoveAll(env.dir)
+	}
+	if container.srv != nil {
+		container.srv.Close()
 	}
 	if code == 0 {
 		code = checkGoroutines(before)

@@ -38,8 +38,8 @@ type route struct {
 	scope scope
 	// versionOptional: the request may omit api-version (the pre-GA python/* API had none).
 	versionOptional bool
-	// management routes also serve custom-container pools; all others are the dynamic
-	// (code-interpreter) API, which Azure refuses on them.
+	// management routes also serve custom-container pools; on those pools every other
+	// request is forwarded to the container (proxy.go).
 	management bool
 	// anyHost routes skip the guard (guard.go): any Host, any origin.
 	anyHost bool
@@ -111,7 +111,9 @@ func (s *Server) buildMux() *http.ServeMux {
 		registered[pattern] = true
 		mux.Handle(pattern, h)
 	}
-	noRoute := route{op: "NoRoute", scope: scopePool, versionOptional: true, management: true, current: s.noRoute(mux)}
+	// On a custom-container pool, what no route matches goes to the container (proxy.go),
+	// except under .management/.
+	noRoute := route{op: "NoRoute", scope: scopePool, versionOptional: true, current: s.noRoute(mux)}
 	fallback := func(pattern string, rt route) {
 		if !registered[pattern] {
 			s.fallbacks[pattern] = true

@@ -5,7 +5,7 @@
 //	pools:
 //	- name: default
 //	  properties:                       # ARM names
-//	    containerType: PythonLTS        # PythonLTS | Shell
+//	    containerType: PythonLTS        # PythonLTS | Shell | CustomContainer (container.go)
 //	    scaleConfiguration: {maxConcurrentSessions: 10, readySessionInstances: 5}
 //	    dynamicPoolConfiguration:
 //	      lifecycleConfiguration: {lifecycleType: Timed, cooldownPeriodInSeconds: 300}
@@ -76,9 +76,9 @@ type Properties struct {
 	DynamicPoolConfiguration    *DynamicPoolConfiguration    `yaml:"dynamicPoolConfiguration"`
 	SessionNetworkConfiguration *SessionNetworkConfiguration `yaml:"sessionNetworkConfiguration"`
 	ManagedIdentitySettings     []map[string]any             `yaml:"managedIdentitySettings"`
-	Secrets                     []map[string]any             `yaml:"secrets"`
+	Secrets                     []Secret                     `yaml:"secrets"`
 	McpServerSettings           map[string]any               `yaml:"mcpServerSettings"`
-	CustomContainerTemplate     map[string]any               `yaml:"customContainerTemplate"`
+	CustomContainerTemplate     *ContainerTemplate           `yaml:"customContainerTemplate"`
 }
 
 type ScaleConfiguration struct {
@@ -118,10 +118,17 @@ type Own struct {
 	Pids                         int64   `yaml:"pids"`
 	WarmupCode                   *string `yaml:"warmupCode"`
 	ExecutionTimeoutCapInSeconds int     `yaml:"executionTimeoutCapInSeconds"`
+	// InsecureRegistry lets a CustomContainer pool pull its image over plain HTTP or
+	// unverified TLS (a registry on the local network; loopback needs no such thing).
+	InsecureRegistry bool `yaml:"insecureRegistry"`
 }
 
 // DefaultImage is the image of code-interpreter pools that name none.
 const DefaultImage = "python"
+
+// DefaultMaxAlivePeriod is maxAlivePeriodInSeconds of an OnContainerExit pool that sets
+// none (Azure's CLI default).
+const DefaultMaxAlivePeriod = time.Hour
 
 // Load reads and validates the file at path.
 func Load(path string) (*Config, error) {
@@ -219,10 +226,15 @@ func (d PoolDecl) spec() (pool.Spec, error) {
 		s.ContainerType = pool.PythonLTS
 	case "shell":
 		s.ContainerType = pool.Shell
-	case "customcontainer", "nodelts", "gpubase":
-		return s, fieldError("properties.containerType", "%q is not supported yet (PythonLTS and Shell are)", p.ContainerType)
+	case "customcontainer":
+		s.ContainerType = pool.CustomContainer
+	case "nodelts", "gpubase":
+		return s, fieldError("properties.containerType", "%q is not supported yet (PythonLTS, Shell and CustomContainer are)", p.ContainerType)
 	default:
-		return s, fieldError("properties.containerType", "%q: want PythonLTS or Shell", p.ContainerType)
+		return s, fieldError("properties.containerType", "%q: want PythonLTS, Shell or CustomContainer", p.ContainerType)
+	}
+	if p.CustomContainerTemplate != nil && s.ContainerType != pool.CustomContainer {
+		return s, fieldError("properties.customContainerTemplate", "only CustomContainer pools have one")
 	}
 	if t := p.PoolManagementType; t != "" && !strings.EqualFold(t, "Dynamic") {
 		return s, fieldError("properties.poolManagementType", "%q: only Dynamic is supported", t)
@@ -257,7 +269,13 @@ func (d PoolDecl) spec() (pool.Spec, error) {
 			case "", "timed":
 				s.LifecycleType = "Timed"
 			case "oncontainerexit":
-				return s, fieldError(f+".lifecycleType", "OnContainerExit applies to CustomContainer pools, which are not supported yet")
+				if s.ContainerType != pool.CustomContainer {
+					return s, fieldError(f+".lifecycleType", "OnContainerExit applies to CustomContainer pools only")
+				}
+				if lc.CooldownPeriodInSeconds != nil || dp.CooldownPeriodInSeconds != nil {
+					return s, fieldError(f+".cooldownPeriodInSeconds", "not allowed with lifecycleType OnContainerExit (use maxAlivePeriodInSeconds)")
+				}
+				s.LifecycleType, s.CooldownPeriod, s.MaxAlivePeriod = pool.LifecycleOnContainerExit, 0, DefaultMaxAlivePeriod
 			default:
 				return s, fieldError(f+".lifecycleType", "%q: want Timed or OnContainerExit", lc.LifecycleType)
 			}
@@ -342,6 +360,14 @@ func (d PoolDecl) spec() (pool.Spec, error) {
 			return s, fieldError("sessiond.executionTimeoutCapInSeconds", "%d: want 1 to 3600", v)
 		}
 		s.ExecutionTimeoutCap = time.Duration(v) * time.Second
+	}
+	if o.InsecureRegistry && s.ContainerType != pool.CustomContainer {
+		return s, fieldError("sessiond.insecureRegistry", "only CustomContainer pools pull images")
+	}
+	if s.ContainerType == pool.CustomContainer {
+		if err := d.containerSpec(&s); err != nil {
+			return s, err
+		}
 	}
 	return s, nil
 }

@@ -86,7 +86,7 @@ func TestParseErrorsNameTheField(t *testing.T) {
 		{`pools: [{name: X}]`, "name:"},
 		{`pools: [{name: ab}]`, "name:"},
 		{`pools: [{name: good, properties: {containerType: Cobol}}]`, "properties.containerType"},
-		{`pools: [{name: good, properties: {containerType: CustomContainer}}]`, "not supported yet"},
+		{`pools: [{name: good, properties: {containerType: NodeLTS}}]`, "not supported yet"},
 		{`pools: [{name: good, properties: {scaleConfiguration: {maxConcurrentSessions: 0}}}]`, "scaleConfiguration.maxConcurrentSessions"},
 		{`pools: [{name: good, properties: {scaleConfiguration: {readySessionInstances: -1}}}]`, "readySessionInstances"},
 		{`pools: [{name: good, properties: {dynamicPoolConfiguration: {lifecycleConfiguration: {cooldownPeriodInSeconds: 0}}}}]`, "lifecycleConfiguration.cooldownPeriodInSeconds"},

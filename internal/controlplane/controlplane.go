@@ -45,6 +45,9 @@ type Config struct {
 	RefillDelay time.Duration
 	// Observer, if set, is every pool's pool.Options.Observer (metrics and events).
 	Observer pool.Observer
+	// PullTimeout bounds the pull of a CustomContainer pool's image (DefaultPullTimeout if
+	// zero).
+	PullTimeout time.Duration
 }
 
 // ControlPlane is the set of pools of one process. Its methods are safe for concurrent use.
@@ -61,13 +64,24 @@ type ControlPlane struct {
 
 	// manageMu serializes the management operations (manage.go).
 	manageMu sync.Mutex
+
+	// prov runs the pulls of CustomContainer pools (container.go).
+	prov provisioner
 }
 
 var _ api.Pools = (*ControlPlane)(nil)
 
 // Pool is one running pool: its manager plus what the API's metadata needs.
+//
+// A CustomContainer pool starts without a manager (Manager is nil) while its image is
+// pulled, and keeps none if the pull fails: Provisioning says which. The methods of the
+// api.Pool interface and Counts, LastError and End work in every state (container.go);
+// other uses of Manager must check it.
 type Pool struct {
 	*pool.Manager
+	spec    pool.Spec
+	rt      sandbox.Runtime
+	prov    *provisioning // nil for a pool built at once
 	runtime string
 
 	mu sync.Mutex
@@ -99,7 +113,11 @@ func New(ctx context.Context, cfg Config, specs []pool.Spec) (cp *ControlPlane, 
 	case cfg.RefillDelay < 0:
 		cfg.RefillDelay = 0
 	}
+	if cfg.PullTimeout <= 0 {
+		cfg.PullTimeout = DefaultPullTimeout
+	}
 	cp = &ControlPlane{cfg: cfg, log: cfg.Log.With("component", "controlplane"), pools: map[string]*Pool{}}
+	cp.prov.ctx, cp.prov.cancel = context.WithCancel(context.WithoutCancel(ctx))
 	if cfg.Store != nil {
 		cp.rec, err = store.NewAsync(cfg.Store, store.AsyncOptions{OnError: func(err error) {
 			cp.log.Error("writing the session store", "err", err)
@@ -125,11 +143,15 @@ func New(ctx context.Context, cfg Config, specs []pool.Spec) (cp *ControlPlane, 
 	return cp, nil
 }
 
-// start builds and starts spec's pool and adds it.
+// start builds and starts spec's pool and adds it. A CustomContainer pool is added at once
+// and built once its image is pulled, in the background (container.go).
 func (cp *ControlPlane) start(ctx context.Context, spec pool.Spec) error {
 	rt, err := cp.cfg.OpenRuntime(spec.Runtime)
 	if err != nil {
 		return fmt.Errorf("pool %s: %w", spec.Name, err)
+	}
+	if spec.ContainerType == pool.CustomContainer {
+		return cp.startContainer(spec, rt)
 	}
 	img, err := cp.cfg.Images.Get(ctx, spec.Image)
 	if err != nil {
@@ -138,12 +160,30 @@ func (cp *ControlPlane) start(ctx context.Context, spec pool.Spec) error {
 		}
 		return fmt.Errorf("pool %s: %w", spec.Name, err)
 	}
+	p, err := cp.build(ctx, spec, rt, img)
+	if err != nil {
+		return err
+	}
+	cp.mu.Lock()
+	cp.pools[spec.Name] = p
+	cp.order = append(cp.order, spec.Name)
+	cp.mu.Unlock()
+	return nil
+}
+
+// build builds and starts spec's pool on rt and img.
+func (cp *ControlPlane) build(ctx context.Context, spec pool.Spec, rt sandbox.Runtime, img image.Image) (*Pool, error) {
 	now := time.Now().UTC()
-	p := &Pool{runtime: rt.Name(), image: img, created: now, updated: now, packages: packagesOf(img)}
+	p := &Pool{rt: rt, runtime: rt.Name(), image: img, created: now, updated: now, packages: packagesOf(img)}
 	opts := pool.Options{Runtime: rt, RootFS: img.RootFS, Env: img.Config.Env, Log: cp.cfg.Log, Prepare: p.prepare(spec),
 		RefillDelay: cp.cfg.RefillDelay, Observer: cp.cfg.Observer}
 	if spec.ContainerType == pool.PythonLTS {
 		opts.Kernel = "python3"
+	}
+	if spec.ContainerType == pool.CustomContainer {
+		if err := containerOptions(&opts, spec, img); err != nil {
+			return nil, fmt.Errorf("pool %s: %w", spec.Name, err)
+		}
 	}
 	if cp.rec != nil {
 		opts.Recorder = cp.rec
@@ -156,20 +196,16 @@ func (cp *ControlPlane) start(ctx context.Context, spec pool.Spec) error {
 	}
 	m, err := pool.New(spec, opts)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	p.Manager = m
+	p.Manager, p.spec = m, m.Spec()
 	if err := m.Start(ctx); err != nil {
-		return fmt.Errorf("starting pool %s: %w", spec.Name, err)
+		return nil, fmt.Errorf("starting pool %s: %w", spec.Name, err)
 	}
 	if n := len(m.Sessions()); n > 0 {
 		cp.log.Info("adopted sessions", "pool", spec.Name, "sessions", n)
 	}
-	cp.mu.Lock()
-	cp.pools[spec.Name] = p
-	cp.order = append(cp.order, spec.Name)
-	cp.mu.Unlock()
-	return nil
+	return p, nil
 }
 
 // Pool implements api.Pools.
@@ -212,6 +248,7 @@ func (cp *ControlPlane) Detach(ctx context.Context) error {
 }
 
 func (cp *ControlPlane) stop(ctx context.Context, stop func(*pool.Manager, context.Context) error) error {
+	cp.prov.stop()
 	cp.mu.Lock()
 	pools, order := cp.pools, cp.order
 	cp.pools, cp.order = map[string]*Pool{}, nil
@@ -220,6 +257,9 @@ func (cp *ControlPlane) stop(ctx context.Context, stop func(*pool.Manager, conte
 	var wg sync.WaitGroup
 	var mu sync.Mutex
 	for _, name := range order {
+		if pools[name].Manager == nil {
+			continue // never provisioned: nothing runs
+		}
 		wg.Go(func() {
 			if err := stop(pools[name].Manager, ctx); err != nil {
 				mu.Lock()
@@ -289,6 +329,9 @@ func packagesOf(img image.Image) func() []pool.NameVersion {
 
 // Metadata implements api.Pool: the image's runtimes and packages, and the kernel.
 func (p *Pool) Metadata(ctx context.Context) (pool.Metadata, error) {
+	if p.Manager == nil {
+		return p.pendingMetadata(ctx)
+	}
 	p.mu.Lock()
 	packages := p.packages
 	md := pool.Metadata{CreatedAt: p.created, UpdatedAt: p.updated}

@@ -159,6 +159,14 @@ func (cp *ControlPlane) status(name string) (api.PoolStatus, bool) {
 	st.CreatedAt, st.UpdatedAt = p.created, p.updated
 	p.mu.Unlock()
 	c := st.Counts
+	if state, err := p.Provisioning(); state != ProvisioningSucceeded {
+		// A CustomContainer pool whose image is being pulled, or could not be.
+		st.State = state
+		if err != nil {
+			st.Message = err.Error()
+		}
+		return st, true
+	}
 	switch {
 	case c.CreateFailures > 0:
 		st.State, st.Message = api.ProvisioningFailed, fmt.Sprintf("%d sandbox starts failed in a row", c.CreateFailures)
@@ -221,7 +229,10 @@ func (cp *ControlPlane) create(ctx context.Context, spec pool.Spec, prev *store.
 	}
 	if cp.cfg.Store != nil {
 		if err := cp.cfg.Store.PutPool(context.WithoutCancel(ctx), rec); err != nil {
-			cp.remove(spec.Name)
+			cp.remove(spec.Name) // a pull in progress sees it and stops there
+			if p.Manager == nil {
+				return fmt.Errorf("storing session pool %s: %w", spec.Name, err)
+			}
 			if cerr := p.Manager.Close(context.WithoutCancel(ctx)); cerr != nil {
 				cp.log.Error("closing a pool that could not be stored", "pool", spec.Name, "err", cerr)
 			}
@@ -244,6 +255,10 @@ func (cp *ControlPlane) update(ctx context.Context, p *Pool, rec store.Pool, spe
 	cur := p.Spec()
 	if err := config.CheckUpdate(cur, spec); err != nil {
 		return err
+	}
+	if p.Manager == nil {
+		state, _ := p.Provisioning()
+		return errkind.New(errkind.Unavailable, "session pool %s is %s (its image is pulled or could not be): delete it and create it again", spec.Name, state)
 	}
 	p.mu.Lock()
 	oldImg := p.image
@@ -384,11 +399,14 @@ func (cp *ControlPlane) DeletePool(ctx context.Context, name string) error {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), deleteTimeout)
 	defer cancel()
 	var errs []error
-	if running {
+	if running && p.Manager != nil {
 		cp.remove(name)
 		if err := p.Manager.Close(ctx); err != nil {
 			errs = append(errs, fmt.Errorf("destroying the sandboxes of session pool %s: %w", name, err))
 		}
+	}
+	if running && p.Manager == nil {
+		cp.remove(name) // a pull in progress sees it and closes what it built
 	}
 	if err := cp.deleteRecords(ctx, name); err != nil {
 		errs = append(errs, err)

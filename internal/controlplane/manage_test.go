@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"os"
 	"reflect"
 	"slices"
 	"strings"
@@ -21,14 +20,6 @@ import (
 	"github.com/sessiond/sessiond/internal/pool"
 	"github.com/sessiond/sessiond/internal/store"
 )
-
-func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m, goleak.Cleanup(func(int) {
-		if d := controlplanetest.AgentDir(); d != "" {
-			os.RemoveAll(d)
-		}
-	}))
-}
 
 // filePool is a pool of the "configuration file".
 var filePool = pool.Spec{Name: "file-pool", ContainerType: pool.Shell, MaxConcurrentSessions: 2, ReadySessionInstances: 0,

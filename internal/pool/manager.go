@@ -62,6 +62,16 @@ type Options struct {
 	Kernel string
 	// Env is added to every sandbox's environment (the image's configured environment).
 	Env []string
+	// Command, WorkingDir and User are every sandbox's main process (sandbox.Spec): a
+	// custom container's, whose exit, seen by the health checks, ends its session.
+	Command    []string
+	WorkingDir string
+	User       *sandbox.User
+	// Watch, if set, runs for each allocated session from its binding until it ends, in
+	// a goroutine the pool owns, whose ctx ends with the session (or the pool). An error
+	// it returns before then ends the session, as a dead sandbox: the custom containers'
+	// liveness probes.
+	Watch func(ctx context.Context, s SessionInfo, agent *agentapi.Client) error
 	// RefillParallelism bounds concurrent sandbox creates (DefaultRefillParallelism if 0).
 	RefillParallelism int
 	// RefillDelay postpones replacing a ready sandbox that a new identifier took while
@@ -112,6 +122,7 @@ type Manager struct {
 	// tmpl is what new sandboxes are made from. Owned by the run goroutine, which hands
 	// each create the template current when it was issued; Update replaces it.
 	tmpl      *template
+	watch     func(ctx context.Context, s SessionInfo, agent *agentapi.Client) error
 	clock     Clock
 	log       *slog.Logger
 	newID     func() string
@@ -143,7 +154,9 @@ type Manager struct {
 	// waiters are the requests waiting for a cold start, by identifier, in arrival order.
 	waiters map[string][]chan acquireResult
 	// deleters are Delete calls waiting for a destroy, by sandbox ID.
-	deleters  map[string][]chan error
+	deleters map[string][]chan error
+	// watching stops the Watch of each allocated session, by sandbox ID.
+	watching  map[string]context.CancelFunc
 	buf       []sbView
 	stopTimer func() bool
 	wakeAt    time.Time
@@ -175,6 +188,8 @@ const (
 	evCreated eventKind = iota + 1
 	evDestroyed
 	evProbed
+	// evDied: Options.Watch reported the session's container dead.
+	evDied
 )
 
 // event is the result of a runtime call made by a worker.
@@ -230,9 +245,10 @@ func New(spec Spec, opts Options) (*Manager, error) {
 	m := &Manager{
 		spec: spec, pol: pol, rt: opts.Runtime, promoter: promoterOf(opts.Runtime), clock: opts.Clock,
 		tmpl: &template{image: spec.Image, rootFS: opts.RootFS, kernel: opts.Kernel, env: opts.Env, limits: spec.Limits,
-			network: spec.Network, prepare: opts.Prepare},
+			network: spec.Network, command: opts.Command, workDir: opts.WorkingDir, user: opts.User, prepare: opts.Prepare},
 		log:   opts.Log.With("component", "pool", "pool", spec.Name),
 		newID: newSandboxID, recorder: opts.Recorder, recovered: opts.Recovered,
+		watch: opts.Watch, watching: map[string]context.CancelFunc{},
 		reqs: make(chan func() bool), events: make(chan event, 16), wake: make(chan struct{}, 1),
 		quit: make(chan struct{}), done: make(chan struct{}),
 		life: life, cancel: cancel,

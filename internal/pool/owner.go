@@ -146,10 +146,17 @@ func (m *Manager) handle(ev event) {
 	case evDestroyed:
 		m.st.destroyed(ev.id, ev.err, now)
 	case evProbed:
+		if ee := (*ExitedError)(nil); errors.As(ev.err, &ee) {
+			m.st.probed(ev.id, nil, now)
+			m.died(ev.id, ev.err)
+			return
+		}
 		if ev.err != nil {
 			m.log.Debug("sandbox health check failed", "sandbox", ev.id, "err", ev.err)
 		}
 		m.st.probed(ev.id, ev.err, now)
+	case evDied:
+		m.died(ev.id, ev.err)
 	}
 }
 
@@ -240,6 +247,7 @@ func (m *Manager) flush() {
 	for _, t := range st.log {
 		m.logTransition(t)
 		m.observer.Transition(m.spec.Name, t.export())
+		m.watchTransition(t)
 		switch {
 		case t.To == StateAllocated && t.From != StateAllocated:
 			if b := st.byID[t.ID]; b != nil && b.State == StateAllocated {
@@ -289,6 +297,7 @@ func (m *Manager) spawn(call func() event) {
 // create makes sandbox id from template t.
 func (m *Manager) create(id string, t *template) event {
 	spec := sandbox.Spec{ID: id, Image: t.image, RootFS: t.rootFS, Kernel: t.kernel, Env: t.env, Limits: t.limits,
+		Command: t.command, WorkingDir: t.workDir, User: t.user,
 		Labels: map[string]string{LabelPool: m.spec.Name}, Background: m.promoter != nil, Network: t.network}
 	// Phases are timed by the wall clock, not m.clock: they measure work, not policy.
 	start := time.Now()
@@ -318,6 +327,9 @@ func (m *Manager) destroy(id string) event {
 func (m *Manager) probe(id string) event {
 	ctx, cancel := context.WithTimeout(m.life, probeTimeout)
 	defer cancel()
-	_, err := m.rt.Agent(id).Health(ctx)
+	h, err := m.rt.Agent(id).Health(ctx)
+	if err == nil {
+		err = exited(h) // a sandbox whose container exited is dead at once
+	}
 	return event{kind: evProbed, id: id, err: err}
 }

@@ -53,6 +53,15 @@ func (s Spec) Validate() (Spec, error) {
 		return bad("executionTimeoutCap %v: want 0 (the default) or more", s.ExecutionTimeoutCap)
 	case s.Limits.MemoryBytes < 0 || s.Limits.CPUMillis < 0 || s.Limits.Pids < 0 || s.Limits.DiskBytes < 0:
 		return bad("limits %+v: no limit may be negative", s.Limits)
+	case s.ContainerType == CustomContainer && s.Container == nil:
+		return bad("customContainerTemplate: required for containerType %s", CustomContainer)
+	case s.ContainerType != CustomContainer && s.Container != nil:
+		return bad("customContainerTemplate: only %s pools have one", CustomContainer)
+	}
+	if s.Container != nil {
+		if err := s.Container.validate(); err != nil {
+			return s, fmt.Errorf("session pool %q: %w", s.Name, err)
+		}
 	}
 	return s, nil
 }

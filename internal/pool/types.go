@@ -71,6 +71,8 @@ type Spec struct {
 	WarmupCode string
 	// ExecutionTimeoutCap caps timeoutInSeconds of one execution.
 	ExecutionTimeoutCap time.Duration
+	// Container is a CustomContainer pool's container (container.go); nil for the others.
+	Container *ContainerSpec
 }
 
 // State is where a session is in its life (Azure's names).

@@ -32,6 +32,10 @@ type template struct {
 	env     []string
 	limits  sandbox.Limits
 	network sandbox.Network
+	// command, workDir and user are a custom container's main process.
+	command []string
+	workDir string
+	user    *sandbox.User
 	prepare func(ctx context.Context, info sandbox.Info, agent *agentapi.Client) error
 }
 

@@ -71,6 +71,13 @@ type Spec struct {
 	Command []string
 	// WorkingDir of Command; default agentapi.DataDir.
 	WorkingDir string
+	// User, if set, is the identity Command runs as, instead of the unprivileged user
+	// (agentapi.UserUID:UserGID): a custom container image's configured user. 0:0 is the
+	// sandbox's root, which holds no privilege on the host (runc maps it to the sandbox's
+	// own host uid range; under gVisor it is root of the sentry's kernel) and keeps only
+	// the agent's reduced capability set. Exec and the files API stay with the
+	// unprivileged user.
+	User *User
 	// Kernel, if set, makes the agent start and supervise a Jupyter kernel of that name
 	// ("python3") for code-interpreter sessions.
 	Kernel string
@@ -101,6 +108,11 @@ type Network struct {
 	// any name below) and the addresses they resolve to (and AllowCIDRs); other names do
 	// not resolve.
 	AllowDomains []string
+}
+
+// User is a numeric identity inside a sandbox.
+type User struct {
+	UID, GID int
 }
 
 // Promoter is an optional Runtime ability: Promote gives a sandbox created with

@@ -352,8 +352,10 @@ var httpServer struct {
 
 // HTTPServer returns a static linux binary for this machine's architecture of
 // testdata/httpserver: a small HTTP server listening on $PORT (default 8080) that echoes
-// each request as JSON, answers /health, and exits with /exit?code=N. It is built with the
-// go command once per test binary.
+// each request as JSON (with an ID of the process), answers /health (failing after
+// /sick), exits with /exit?code=N, streams server-sent events (/sse?n=N&ms=M), echoes a
+// WebSocket (/ws), hashes an upload of any size (POST /upload) and writes N bytes to its
+// stdout (/log?bytes=N). It is built with the go command once per test binary.
 func HTTPServer(t testing.TB) []byte {
 	t.Helper()
 	httpServer.once.Do(func() { httpServer.bin, httpServer.err = buildHTTPServer() })

@@ -5,7 +5,9 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
+	"strings"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
@@ -80,6 +82,9 @@ func buildSpec(p bundleParams) *specs.Spec {
 	if p.spec.WorkingDir != "" {
 		args = append(args, "-workdir", p.spec.WorkingDir)
 	}
+	if u := p.spec.User; u != nil {
+		args = append(args, "-main-user", strconv.Itoa(u.UID)+":"+strconv.Itoa(u.GID))
+	}
 	if len(p.spec.Command) > 0 {
 		args = append(args, "--")
 		args = append(args, p.spec.Command...)
@@ -89,7 +94,17 @@ func buildSpec(p bundleParams) *specs.Spec {
 		"HOME=" + homeDir,
 		"LANG=C.UTF-8",
 	}
-	env = append(env, p.spec.Env...)
+	// The spec's entries replace the defaults of the same name: a process sees only the
+	// first of duplicate names (Go's runtime drops the others), so an image's PATH must
+	// not follow the default one.
+	for _, kv := range p.spec.Env {
+		k, _, _ := strings.Cut(kv, "=")
+		if i := slices.IndexFunc(env, func(e string) bool { return strings.HasPrefix(e, k+"=") }); i >= 0 {
+			env[i] = kv
+			continue
+		}
+		env = append(env, kv)
+	}
 	nofile := p.limits.OpenFiles
 	s := &specs.Spec{
 		Version: specs.Version,

@@ -277,6 +277,9 @@ func validateSpec(s sandbox.Spec) error {
 	case l.OpenFiles > 0 && l.OpenFiles < 64:
 		return errkind.New(errkind.Invalid, "open files limit %d: want at least 64", l.OpenFiles)
 	}
+	if u := s.User; u != nil && (u.UID < 0 || u.GID < 0 || u.UID >= userNSSize || u.GID >= userNSSize) {
+		return errkind.New(errkind.Invalid, "user %d:%d: want ids from 0 to %d (a sandbox maps %d ids)", u.UID, u.GID, userNSSize-1, userNSSize)
+	}
 	if s.Kernel != "" && !kernelPattern.MatchString(s.Kernel) {
 		return errkind.New(errkind.Invalid, "kernel name %q: want letters, digits, '.', '_' and '-'", s.Kernel)
 	}

@@ -125,6 +125,12 @@ func (f *Fake) Create(ctx context.Context, spec sandbox.Spec) (sandbox.Info, err
 	if spec.Kernel != "" {
 		args = append(args, "-kernel", spec.Kernel)
 	}
+	if spec.WorkingDir != "" {
+		args = append(args, "-workdir", spec.WorkingDir)
+	}
+	if u := spec.User; u != nil {
+		args = append(args, "-main-user", strconv.Itoa(u.UID)+":"+strconv.Itoa(u.GID))
+	}
 	if len(spec.Command) > 0 {
 		args = append(append(args, "--"), spec.Command...)
 	}

@@ -1,0 +1,42 @@
+package oci
+
+import (
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/sessiond/sessiond/internal/sandbox"
+)
+
+// TestBuildSpecMainProcess: the spec's environment replaces the defaults of the same name
+// (a process sees only the first of duplicates), and the main command's user and working
+// directory reach the agent's flags.
+func TestBuildSpecMainProcess(t *testing.T) {
+	s := buildSpec(bundleParams{id: "sb-1", limits: sandbox.DefaultLimits, spec: sandbox.Spec{
+		Env:     []string{"PATH=/app/bin", "PORT=1", "PORT=2"},
+		Command: []string{"/server", "-v"}, WorkingDir: "/srv", User: &sandbox.User{UID: 0, GID: 0},
+	}})
+	env := s.Process.Env
+	if want := []string{"PATH=/app/bin", "HOME=/home/user", "LANG=C.UTF-8", "PORT=2"}; !slices.Equal(env, want) {
+		t.Errorf("Env = %q, want %q", env, want)
+	}
+	args := strings.Join(s.Process.Args, " ")
+	if !strings.Contains(args, " -workdir /srv -main-user 0:0 -- /server -v") {
+		t.Errorf("Args = %q", args)
+	}
+	if s := buildSpec(bundleParams{limits: sandbox.DefaultLimits}); slices.Contains(s.Process.Args, "-main-user") {
+		t.Errorf("a spec without a user passes -main-user: %q", s.Process.Args)
+	}
+}
+
+func TestValidateSpecUser(t *testing.T) {
+	for _, u := range []sandbox.User{{UID: -1}, {GID: userNSSize}, {UID: userNSSize}} {
+		err := validateSpec(sandbox.Spec{RootFS: "/", User: &u})
+		if err == nil || !strings.Contains(err.Error(), "user") {
+			t.Errorf("validateSpec with user %+v: %v", u, err)
+		}
+	}
+	if err := validateSpec(sandbox.Spec{RootFS: "/", User: &sandbox.User{UID: 65534, GID: 0}}); err != nil {
+		t.Errorf("validateSpec with user 65534:0: %v", err)
+	}
+}
