@@ -10,7 +10,6 @@ import (
 	"testing"
 	"time"
 
-
 	"github.com/sessiond/sessiond/internal/agentapi"
 	"github.com/sessiond/sessiond/internal/api"
 	"github.com/sessiond/sessiond/internal/config"
