@@ -280,7 +280,7 @@ wait:
 
 // idleProbe bounds the kernel_info request that tells whether a kernel that did not reply
 // to an interrupted execution still serves requests.
-const idleProbe = 2 * time.Second
+const idleProbe = 500 * time.Millisecond
 
 // idle reports whether k answers a kernel_info request on its shell channel, which it
 // only does once no execution holds the channel.
