@@ -21,7 +21,6 @@ import (
 
 	"github.com/coder/websocket"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"go.uber.org/goleak"
 
 	"github.com/sessiond/sessiond/internal/agentapi"
 	"github.com/sessiond/sessiond/internal/api"
@@ -46,21 +45,11 @@ import (
 var agentPath string
 
 func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "cp-agent-")
-	if err == nil {
-		agentPath, err = sandboxtest.BuildAgent(dir)
-	}
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.RemoveAll(dir)
-		os.Exit(1)
-	}
-	goleak.VerifyTestMain(m, goleak.Cleanup(func(int) {
-		os.RemoveAll(dir)
+	sandboxtest.MainWithAgent(m, &agentPath, func() {
 		if d := controlplanetest.AgentDir(); d != "" {
 			os.RemoveAll(d) // built by manage_test's environments
 		}
-	}))
+	})
 }
 
 // world is one test's data directory, image store, registry and runtimes.

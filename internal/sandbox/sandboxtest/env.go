@@ -3,6 +3,7 @@ package sandboxtest
 import (
 	"context"
 	"fmt"
+	"go.uber.org/goleak"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -75,4 +76,26 @@ func BuildAgent(dir string) (string, error) {
 		return "", err
 	}
 	return bin, nil
+}
+
+// MainWithAgent is a TestMain for packages whose tests start agents: it builds the agent
+// into a temporary directory, sets *bin to its path, runs the tests under goleak (every
+// goroutine they start must have ended) and removes the directory; cleanup, if not nil,
+// runs after the tests too.
+func MainWithAgent(m *testing.M, bin *string, cleanup func()) {
+	dir, err := os.MkdirTemp("", "sessiond-test-agent-")
+	if err == nil {
+		*bin, err = BuildAgent(dir)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.RemoveAll(dir)
+		os.Exit(1)
+	}
+	goleak.VerifyTestMain(m, goleak.Cleanup(func(int) {
+		os.RemoveAll(dir)
+		if cleanup != nil {
+			cleanup()
+		}
+	}))
 }
