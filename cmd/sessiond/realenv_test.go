@@ -54,7 +54,8 @@ func newRealEnv(t *testing.T) *realEnv {
 		t.Fatal(err)
 	}
 	g := &globals{DataDir: data, Stdout: io.Discard, Stderr: io.Discard, Log: slog.New(slog.DiscardHandler)}
-	if os.Getenv("SESSIOND_TEST_LOG") == "1" {
+	if os.Getenv("SESSIOND_TEST_LOG") == "1" { // every request and pool event, to debug a failure
+
 		g.Log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
 	return &realEnv{img: img, g: g}
