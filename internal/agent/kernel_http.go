@@ -5,6 +5,7 @@ import (
 	"io"
 	"net/http"
 	"regexp"
+	"strings"
 	"time"
 
 	"github.com/sessiond/sessiond/internal/agentapi"
@@ -72,6 +73,11 @@ func newExecution(req agentapi.ExecuteRequest) (*execution, error) {
 	}
 	if len(req.Code) > agentapi.MaxCodeBytes {
 		return nil, errkind.New(errkind.LimitExceeded, "code of %d bytes is above the limit of %d", len(req.Code), agentapi.MaxCodeBytes)
+	}
+	if strings.IndexByte(req.Code, 0) >= 0 {
+		// Python refuses such source, and ipykernel then never answers the request: the
+		// execution would hang until its timeout.
+		return nil, errkind.New(errkind.Invalid, "the code contains a NUL character, which Python source cannot")
 	}
 	timeout, limit, err := executeLimits.resolve(int64(req.TimeoutSeconds), req.StreamLimit)
 	if err != nil {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"strings"
 	"sync"
 	"syscall"
 
@@ -130,7 +131,9 @@ func (r *reaper) start(path string, argv []string, attr *syscall.ProcAttr) (int,
 	if r.waiters == nil {
 		return 0, nil, errReaperStopped
 	}
+	restore := raiseChildOOMScore()
 	pid, err := syscall.ForkExec(path, argv, attr)
+	restore()
 	if err != nil {
 		return 0, nil, err
 	}
@@ -149,4 +152,39 @@ func (r *reaper) signalGroup(pid int, sig syscall.Signal) bool {
 		return false
 	}
 	return unix.Kill(-pid, sig) == nil
+}
+
+// oomScoreFile is the process's OOM score adjustment.
+const oomScoreFile = "/proc/self/oom_score_adj"
+
+// childOOMScore is the OOM score adjustment children start with: the highest, so that when
+// the sandbox runs out of memory the kernel's OOM killer takes user processes before the
+// agent (the sandbox's init, whose death ends the session). A fork bomb of small processes
+// would otherwise leave the agent, pid 1, the largest process in the memory cgroup.
+const childOOMScore = "1000"
+
+// raiseChildOOMScore makes children forked until restore is called start with
+// childOOMScore. The agent raises its own value (which needs no privilege) and restores it
+// after the fork (lowering a value back to where it was needs none either). The caller
+// holds the reaper's lock, so no other fork happens in between. Where /proc is not
+// writable the children keep the agent's value.
+func raiseChildOOMScore() (restore func()) {
+	b, err := os.ReadFile(oomScoreFile)
+	if err != nil {
+		return func() {}
+	}
+	old := strings.TrimSpace(string(b))
+	if old == childOOMScore {
+		return func() {}
+	}
+	if err := os.WriteFile(oomScoreFile, []byte(childOOMScore), 0); err != nil {
+		return func() {}
+	}
+	return func() {
+		if err := os.WriteFile(oomScoreFile, []byte(old), 0); err != nil {
+			// Never expected (the kernel lets a process return to a value it had); the
+			// agent would be the OOM killer's first choice, so say so loudly.
+			fmt.Fprintf(os.Stderr, "sessiond-agent: restoring its OOM score adjustment: %v\n", err)
+		}
+	}
 }

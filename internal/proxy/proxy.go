@@ -7,7 +7,7 @@
 //
 // What the container receives: the method, the path the caller passes in (the pool prefix
 // already stripped), the query string as sent (identifier and api-version included), the
-// client's headers and Host, without hop-by-hop headers, Authorization and api-key, with
+// client's headers and Host, without hop-by-hop headers and sessiond's credentials, with
 // X-Forwarded-For/-Host/-Proto describing the client's connection to sessiond (values the
 // client sent in those are dropped), and the session identifier in
 // SessionIdentifierHeader.
@@ -41,9 +41,10 @@ import (
 // sent in it is replaced.
 const SessionIdentifierHeader = "X-Ms-Session-Identifier"
 
-// strippedHeaders are the client's credentials for sessiond, which the container must not
-// see.
-var strippedHeaders = []string{"Authorization", "Api-Key"}
+// strippedHeaders are the client's credentials for sessiond (every header internal/auth
+// reads one from), which the container must not see. Proxy-Authorization goes as a
+// hop-by-hop header.
+var strippedHeaders = []string{"Authorization", "Api-Key", "X-Ms-Apikey"}
 
 // Defaults of Config.
 const (

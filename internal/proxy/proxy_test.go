@@ -51,6 +51,8 @@ func TestForward(t *testing.T) {
 	req, _ := http.NewRequestWithContext(ctxFor(t, 30*time.Second), http.MethodPut, f.URL+poolPrefix+"/api/files/a%2Fb?"+query, strings.NewReader("the body"))
 	req.Header.Set("Authorization", "Bearer secret-token")
 	req.Header.Set("api-key", "secret-key")
+	req.Header.Set("x-ms-apikey", "secret-key")
+	req.Header.Set("Proxy-Authorization", "Basic c2VjcmV0")
 	req.Header.Set("X-Custom", "kept")
 	req.Header.Set("X-Forwarded-For", "6.6.6.6")
 	req.Header.Set("X-Forwarded-Host", "spoofed.example")
@@ -74,6 +76,8 @@ func TestForward(t *testing.T) {
 	for name, want := range map[string]string{
 		"Authorization":         "",
 		"Api-Key":               "",
+		"X-Ms-Apikey":           "",
+		"Proxy-Authorization":   "",
 		"X-Hop":                 "",
 		"X-Custom":              "kept",
 		"X-Forwarded-For":       "127.0.0.1",

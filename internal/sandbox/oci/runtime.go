@@ -73,11 +73,18 @@ type flavor struct {
 	noIPv6Sysctl bool
 }
 
+// agentPidsHeadroom is how many tasks a runc sandbox's pids cgroup allows beyond the
+// user's process limit: the agent's threads and the processes it starts as root.
+const agentPidsHeadroom = 64
+
 // flavors is the table of supported OCI runtimes.
 var flavors = map[string]flavor{
 	"runc": {
 		isolation: "namespaces", userNS: true, seccomp: true, hostOverlay: true,
-		hostPids: func(pids int64) int64 { return pids },
+		// User code is bounded by RLIMIT_NPROC (its uid's tasks); the cgroup leaves the
+		// agent room above that, so that a fork bomb cannot stop the sandbox's init from
+		// starting the threads it needs (the Go runtime dies when it cannot).
+		hostPids: func(pids int64) int64 { return pids + agentPidsHeadroom },
 		// The host kernel's memory cgroup kills the process that overdraws, inside the
 		// sandbox only.
 		hostMemory: func(mem int64) (int64, int64) { return mem, 0 },
