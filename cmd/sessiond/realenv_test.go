@@ -76,7 +76,7 @@ func (e *realEnv) runtime(t *testing.T, name string) sandbox.Runtime {
 // when t ends, checking that no sandbox is left behind.
 func (e *realEnv) startPools(t *testing.T, specs []pool.Spec) *controlplane.ControlPlane {
 	t.Helper()
-	cp, err := newControlPlane(context.Background(), e.g, specs, nil)
+	cp, err := newControlPlane(context.Background(), e.g, specs, nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
