@@ -208,12 +208,12 @@ wait:
 		case <-timer.C:
 			timedOut = true
 			s.interrupt()
-			grace = time.After(s.grace)
+			grace = time.After(s.grace - s.probeBudget())
 		case <-e.cancelc:
 			if grace == nil {
 				canceled = true
 				s.interrupt()
-				grace = time.After(s.grace)
+				grace = time.After(s.grace - s.probeBudget())
 			}
 		case <-grace:
 			how = outcomeCanceled
@@ -279,13 +279,18 @@ wait:
 }
 
 // idleProbe bounds the kernel_info request that tells whether a kernel that did not reply
-// to an interrupted execution still serves requests.
+// to an interrupted execution still serves requests. It is taken from the end of the
+// grace period, so that a stuck kernel is still replaced a grace period after the
+// interrupt.
 const idleProbe = 500 * time.Millisecond
+
+// probeBudget is the part of the grace period left for the idle probe.
+func (s *kernelSup) probeBudget() time.Duration { return min(idleProbe, s.grace/2) }
 
 // idle reports whether k answers a kernel_info request on its shell channel, which it
 // only does once no execution holds the channel.
 func (s *kernelSup) idle(k *kernelProc) bool {
-	ctx, cancel := context.WithTimeout(context.Background(), idleProbe)
+	ctx, cancel := context.WithTimeout(context.Background(), s.probeBudget())
 	defer cancel()
 	_, err := k.client.KernelInfo(ctx)
 	return err == nil

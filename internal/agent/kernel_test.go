@@ -415,7 +415,7 @@ func testKernelClientGone(t *testing.T) {
 // its sessions' state).
 func testKernelInterruptRaces(t *testing.T) {
 	ta := startKernelAgent(t)
-	ta.kernel.grace = 300 * time.Millisecond // set before any execution reaches the kernel
+	ta.kernel.grace = time.Second // set before any execution reaches the kernel
 	run(t, ta, agentapi.ExecuteRequest{Code: "kept = 7"})
 	for i := range 40 {
 		ctx, cancel := context.WithCancel(context.Background())

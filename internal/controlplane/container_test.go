@@ -54,7 +54,7 @@ func TestMain(m *testing.M) {
 
 // world is one test's data directory, image store, registry and runtimes.
 type world struct {
-	t      *testing.T
+	t      testing.TB
 	data   string
 	images *image.Store
 	reg    *imagetest.Registry
@@ -62,7 +62,7 @@ type world struct {
 	cgroup string
 }
 
-func newWorld(t *testing.T, rtName string, regOpts imagetest.RegistryOptions) *world {
+func newWorld(t testing.TB, rtName string, regOpts imagetest.RegistryOptions) *world {
 	t.Helper()
 	if testing.Short() {
 		t.Skip("starts real sandboxes")
@@ -148,7 +148,7 @@ func (w *world) start(specs ...pool.Spec) (*controlplane.ControlPlane, string) {
 	return cp, srv.URL
 }
 
-type testWriter struct{ t *testing.T }
+type testWriter struct{ t testing.TB }
 
 func (w testWriter) Write(p []byte) (int, error) {
 	w.t.Log(strings.TrimSuffix(string(p), "\n"))
@@ -156,7 +156,7 @@ func (w testWriter) Write(p []byte) (int, error) {
 }
 
 // pool returns the named pool, waiting until it is provisioned.
-func getPool(t *testing.T, cp *controlplane.ControlPlane, name string) *controlplane.Pool {
+func getPool(t testing.TB, cp *controlplane.ControlPlane, name string) *controlplane.Pool {
 	t.Helper()
 	p, ok := cp.Get(name)
 	if !ok {
@@ -170,7 +170,7 @@ func getPool(t *testing.T, cp *controlplane.ControlPlane, name string) *controlp
 	return p
 }
 
-func waitFor(t *testing.T, what string, d time.Duration, cond func() bool) {
+func waitFor(t testing.TB, what string, d time.Duration, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(sandboxtest.Timeout(d))
 	for !cond() {
@@ -190,7 +190,7 @@ type echo struct {
 }
 
 // send sends a request and returns the status and body.
-func send(t *testing.T, method, url string, body io.Reader, header http.Header) (int, []byte) {
+func send(t testing.TB, method, url string, body io.Reader, header http.Header) (int, []byte) {
 	t.Helper()
 	req, err := http.NewRequest(method, url, body)
 	if err != nil {
@@ -209,7 +209,7 @@ func send(t *testing.T, method, url string, body io.Reader, header http.Header) 
 }
 
 // get sends a GET that the container must answer with an echo.
-func get(t *testing.T, url string) echo {
+func get(t testing.TB, url string) echo {
 	t.Helper()
 	status, b := send(t, "GET", url, nil, nil)
 	var e echo
