@@ -198,6 +198,23 @@ func (s *kernelSup) execute(e *execution) {
 	timer := time.NewTimer(e.timeout)
 	defer timer.Stop()
 	var grace <-chan time.Time
+	// idle answers whether the kernel serves a kernel_info request, asked as the interrupt
+	// goes out: ipykernel drops the reply of a request that the interrupt reached outside
+	// the user's code (it logs "KeyboardInterrupt caught in kernel") and goes on, and then
+	// only this tells a kernel that is fine from one that is stuck.
+	var idle <-chan bool
+	probeCtx, stopProbe := context.WithCancel(context.Background())
+	defer stopProbe()
+	interrupt := func() {
+		s.interrupt()
+		grace = time.After(s.grace)
+		c := make(chan bool, 1)
+		idle = c
+		go func() { // ends with probeCtx at the latest
+			_, err := k.client.KernelInfo(probeCtx)
+			c <- err == nil
+		}()
+	}
 	timedOut, canceled := false, false
 	how := outcomeDone
 wait:
@@ -207,27 +224,36 @@ wait:
 			break wait
 		case <-timer.C:
 			timedOut = true
-			s.interrupt()
-			grace = time.After(s.grace - s.probeBudget())
+			if grace == nil {
+				interrupt()
+			}
 		case <-e.cancelc:
 			if grace == nil {
 				canceled = true
-				s.interrupt()
-				grace = time.After(s.grace - s.probeBudget())
+				interrupt()
 			}
-		case <-grace:
+		case ok := <-idle:
+			idle = nil
+			if !ok {
+				continue
+			}
+			select {
+			case <-ex.Done(): // the reply came after all, just before the probe's
+				break wait
+			default:
+			}
 			how = outcomeCanceled
 			if timedOut {
 				how = outcomeTimeout
 			}
-			if s.idle(k) {
-				// ipykernel drops the reply of a request that the interrupt reached
-				// outside the user's code (it logs "KeyboardInterrupt caught in
-				// kernel") and goes on: the kernel and its state are fine.
-				ex.Release()
-				s.log.Info("the interrupted execution got no reply, but the kernel answers: keeping it", "execution", e.req.ID)
-				s.finishRunning(e, s.failure(e, col, how, restarted, start))
-				return
+			ex.Release()
+			s.log.Info("the interrupted execution got no reply, but the kernel answers: keeping it", "execution", e.req.ID)
+			s.finishRunning(e, s.failure(e, col, how, restarted, start))
+			return
+		case <-grace:
+			how = outcomeCanceled
+			if timedOut {
+				how = outcomeTimeout
 			}
 			break wait
 		case <-k.exited:
@@ -276,24 +302,6 @@ wait:
 	}
 	s.replaced(false)
 	s.finishRunning(e, s.failure(e, col, how, true, start))
-}
-
-// idleProbe bounds the kernel_info request that tells whether a kernel that did not reply
-// to an interrupted execution still serves requests. It is taken from the end of the
-// grace period, so that a stuck kernel is still replaced a grace period after the
-// interrupt.
-const idleProbe = 500 * time.Millisecond
-
-// probeBudget is the part of the grace period left for the idle probe.
-func (s *kernelSup) probeBudget() time.Duration { return min(idleProbe, s.grace/2) }
-
-// idle reports whether k answers a kernel_info request on its shell channel, which it
-// only does once no execution holds the channel.
-func (s *kernelSup) idle(k *kernelProc) bool {
-	ctx, cancel := context.WithTimeout(context.Background(), s.probeBudget())
-	defer cancel()
-	_, err := k.client.KernelInfo(ctx)
-	return err == nil
 }
 
 // success builds the result of an execution the kernel replied to.
