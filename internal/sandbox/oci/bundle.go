@@ -61,6 +61,8 @@ type bundleParams struct {
 	// the host file mounted at /etc/resolv.conf; see flavor.noIPv6Sysctl.
 	netnsPath, resolvConf string
 	noIPv6Sysctl          bool
+	// cpuPeriod is the CFS period in microseconds (flavor.cpuPeriod; 0: 100 ms).
+	cpuPeriod uint64
 	// sysfs, if set, is a host mount of sysfs made inside the sandbox's network namespace,
 	// bound at /sys instead of a new sysfs (see Runtime.mountSysfs).
 	sysfs string
@@ -132,7 +134,7 @@ func buildSpec(p bundleParams) *specs.Spec {
 		Mounts:   mounts(p),
 		Linux: &specs.Linux{
 			CgroupsPath: p.cgroup,
-			Resources:   resources(p.limits, p.hostMemory, p.hostPids, p.spec.Background),
+			Resources:   resources(p.limits, p.hostMemory, p.hostPids, p.cpuPeriod, p.spec.Background),
 			Namespaces: []specs.LinuxNamespace{
 				{Type: specs.PIDNamespace}, {Type: specs.IPCNamespace}, {Type: specs.UTSNamespace},
 				{Type: specs.MountNamespace}, {Type: specs.NetworkNamespace, Path: p.netnsPath},
@@ -202,10 +204,12 @@ const (
 	backgroundShares = 128
 )
 
-func resources(l sandbox.Limits, hostMemory, hostPids int64, background bool) *specs.LinuxResources {
+func resources(l sandbox.Limits, hostMemory, hostPids int64, period uint64, background bool) *specs.LinuxResources {
 	mem := hostMemory
 	var swappiness uint64
-	period := uint64(100000)
+	if period == 0 {
+		period = 100000
+	}
 	quota := l.CPUMillis * int64(period) / 1000
 	shares := uint64(normalShares)
 	if background {

@@ -40,3 +40,20 @@ func TestValidateSpecUser(t *testing.T) {
 		t.Errorf("validateSpec with user 65534:0: %v", err)
 	}
 }
+
+func TestCPUPeriod(t *testing.T) {
+	for _, tc := range []struct {
+		period, wantPeriod uint64
+		millis, wantQuota  int64
+	}{
+		{0, 100000, 1000, 100000},
+		{flavors["runsc"].cpuPeriod, 10000, 1000, 10000},
+		{flavors["runsc"].cpuPeriod, 10000, 500, 5000},
+		{flavors["runc"].cpuPeriod, 100000, 2000, 200000},
+	} {
+		cpu := resources(sandbox.Limits{CPUMillis: tc.millis}, 1<<30, 512, tc.period, false).CPU
+		if *cpu.Period != tc.wantPeriod || *cpu.Quota != tc.wantQuota {
+			t.Errorf("period %d, %d millicores: period %d quota %d, want %d and %d", tc.period, tc.millis, *cpu.Period, *cpu.Quota, tc.wantPeriod, tc.wantQuota)
+		}
+	}
+}
