@@ -181,7 +181,7 @@ func TestLogsAndEventsCommands(t *testing.T) {
 		err := run(context.Background(), args, &out, io.Discard)
 		return out.String(), err
 	}
-	t.Setenv("SESSIOND_SERVER", srv.URL)
+	t.Setenv("SESSIOND_ENDPOINT", srv.URL)
 	t.Setenv("SESSIOND_TOKEN", key)
 
 	out, err := cli("events", "-pool", "web")
@@ -236,12 +236,12 @@ func TestLogsAndEventsCommands(t *testing.T) {
 	}{
 		{[]string{"events", "-pool", "nope"}, "SessionPoolNotFound", false},
 		{[]string{"logs", "-pool", "web", "-identifier", "nobody-1"}, "No session with identifier 'nobody-1'", false},
-		{[]string{"events", "-pool", "web", "-token", "wrong"}, "HTTP 401", false},
+		{[]string{"events", "-pool", "web", "-token", "wrong"}, "Unauthorized", false},
 		{[]string{"events", "-pool", "web", "-category", "Other"}, "category", false},
 		{[]string{"events"}, "-pool is required", true},
 		{[]string{"events", "-pool", "web", "-output", "yaml"}, "-output", true},
-		{[]string{"logs", "-pool", "web", "-server", "ftp://x"}, "-server", true},
-		{[]string{"logs", "-pool", "web", "extra"}, "unexpected argument", true},
+		{[]string{"logs", "-pool", "web", "-endpoint", "ftp://x"}, "-endpoint", true},
+		{[]string{"logs", "-pool", "web", "extra"}, "unexpected arguments", true},
 	} {
 		_, err := cli(tc.args...)
 		var ue usageError

@@ -62,6 +62,17 @@ func newObservability() *observability {
 // observer is the pools' observer: controlplane.Config.Observer.
 func (o *observability) observer() pool.Observer { return pool.Observers(o.metrics, o.events) }
 
+// poolEvent is the control plane's PoolEvent: a Pool event in the log, or, for a deleted
+// pool, its events and metrics forgotten.
+func (o *observability) poolEvent(pool string, kind events.Kind, message string, forget bool) {
+	if forget {
+		o.events.Forget(pool)
+		o.metrics.ForgetPool(pool)
+		return
+	}
+	o.events.Add(events.Event{Pool: pool, Category: events.Pool, Kind: kind, Message: message})
+}
+
 // attach makes the metrics report cp's pools.
 func (o *observability) attach(cp *controlplane.ControlPlane) { o.cp.Store(cp) }
 

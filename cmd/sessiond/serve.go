@@ -81,7 +81,7 @@ func cmdServe(ctx context.Context, g *globals, args []string) error {
 	}
 	defer st.Close()
 	obs := newObservability()
-	cp, err := newControlPlane(ctx, g, cfg.Pools, st, obs.observer())
+	cp, err := newControlPlane(ctx, g, cfg.Pools, st, obs)
 	if err != nil {
 		return err
 	}

@@ -110,13 +110,17 @@ func openImages(g *globals) (*image.Store, error) {
 
 // newControlPlane starts the pools of specs on the data directory's runtimes and images,
 // with st (nil: none) keeping the sessions' records and obs (nil: none) watching them.
-func newControlPlane(ctx context.Context, g *globals, specs []pool.Spec, st store.Store, obs pool.Observer) (*controlplane.ControlPlane, error) {
+func newControlPlane(ctx context.Context, g *globals, specs []pool.Spec, st store.Store, obs *observability) (*controlplane.ControlPlane, error) {
 	images, err := openImages(g)
 	if err != nil {
 		return nil, err
 	}
-	return controlplane.New(ctx, controlplane.Config{
+	cfg := controlplane.Config{
 		OpenRuntime: func(name string) (sandbox.Runtime, error) { return openRuntime(g, name) },
-		Images:      images, Store: st, Log: g.Log, Observer: obs,
-	}, specs)
+		Images:      images, Store: st, Log: g.Log,
+	}
+	if obs != nil {
+		cfg.Observer, cfg.PoolEvent = obs.observer(), obs.poolEvent
+	}
+	return controlplane.New(ctx, cfg, specs)
 }

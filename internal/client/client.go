@@ -17,7 +17,9 @@ import (
 	"mime/multipart"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
+	"time"
 )
 
 // DataPlaneVersion is the api-version the client's data-plane calls use.
@@ -289,6 +291,66 @@ func (c *Client) GetExecution(ctx context.Context, pool, identifier, id string) 
 	var e Execution
 	_, err := c.call(ctx, request{method: "GET", path: sessionPath(pool, identifier) + "/executions/" + url.PathEscape(id)}, &e)
 	return e, err
+}
+
+// Event is one of a pool's recent lifecycle events (GET /v1/pools/{pool}/events).
+type Event struct {
+	Seq        uint64    `json:"seq"`
+	Time       time.Time `json:"time"`
+	Pool       string    `json:"pool"`
+	Category   string    `json:"category"` // Session or Pool
+	Kind       string    `json:"kind"`
+	Identifier string    `json:"identifier,omitempty"`
+	SandboxID  string    `json:"sandboxId,omitempty"`
+	Reason     string    `json:"reason,omitempty"`
+	Message    string    `json:"message,omitempty"`
+}
+
+// EventQuery selects events; zero fields select everything kept.
+type EventQuery struct {
+	Identifier, Category string
+	// Tail keeps the last Tail events; After keeps those after sequence number After.
+	Tail  int
+	After uint64
+}
+
+// Events returns a pool's recent events, oldest first.
+func (c *Client) Events(ctx context.Context, pool string, q EventQuery) ([]Event, error) {
+	v := url.Values{}
+	if q.Identifier != "" {
+		v.Set("identifier", q.Identifier)
+	}
+	if q.Category != "" {
+		v.Set("category", q.Category)
+	}
+	if q.Tail > 0 {
+		v.Set("tail", strconv.Itoa(q.Tail))
+	}
+	if q.After > 0 {
+		v.Set("after", strconv.FormatUint(q.After, 10))
+	}
+	var out struct{ Value []Event }
+	_, err := c.call(ctx, request{method: "GET", path: poolPath(pool) + "/events", query: v}, &out)
+	return out.Value, err
+}
+
+// SessionLogs is a session's console output (a custom container's stdout and stderr).
+type SessionLogs struct {
+	Pool       string   `json:"pool"`
+	Identifier string   `json:"identifier"`
+	Lines      []string `json:"lines"`
+	Truncated  bool     `json:"truncated"`
+}
+
+// SessionLogs returns the last tail lines (0: the server's default) of a session's console.
+func (c *Client) SessionLogs(ctx context.Context, pool, identifier string, tail int) (SessionLogs, error) {
+	v := url.Values{}
+	if tail > 0 {
+		v.Set("tail", strconv.Itoa(tail))
+	}
+	var out SessionLogs
+	_, err := c.call(ctx, request{method: "GET", path: sessionPath(pool, identifier) + "/logs", query: v}, &out)
+	return out, err
 }
 
 // Data plane.

@@ -17,6 +17,7 @@ import (
 	"github.com/sessiond/sessiond/internal/agentapi"
 	"github.com/sessiond/sessiond/internal/api"
 	"github.com/sessiond/sessiond/internal/errkind"
+	"github.com/sessiond/sessiond/internal/events"
 	"github.com/sessiond/sessiond/internal/image"
 	"github.com/sessiond/sessiond/internal/pool"
 	"github.com/sessiond/sessiond/internal/sandbox"
@@ -48,6 +49,10 @@ type Config struct {
 	// PullTimeout bounds the pull of a CustomContainer pool's image (DefaultPullTimeout if
 	// zero).
 	PullTimeout time.Duration
+	// PoolEvent, if set, is told of pools started, scaled, updated and stopped (the event
+	// log's Pool events); forget is set when a pool is deleted and nothing of it should
+	// stay (its events, its metrics).
+	PoolEvent func(pool string, kind events.Kind, message string, forget bool)
 }
 
 // ControlPlane is the set of pools of one process. Its methods are safe for concurrent use.
@@ -205,7 +210,15 @@ func (cp *ControlPlane) build(ctx context.Context, spec pool.Spec, rt sandbox.Ru
 	if n := len(m.Sessions()); n > 0 {
 		cp.log.Info("adopted sessions", "pool", spec.Name, "sessions", n)
 	}
+	cp.poolEvent(spec.Name, events.PoolStarted, fmt.Sprintf("%s pool on %s, image %s", spec.ContainerType, rt.Name(), img.Name), false)
 	return p, nil
+}
+
+// poolEvent tells Config.PoolEvent, if set.
+func (cp *ControlPlane) poolEvent(pool string, kind events.Kind, message string, forget bool) {
+	if cp.cfg.PoolEvent != nil {
+		cp.cfg.PoolEvent(pool, kind, message, forget)
+	}
 }
 
 // Pool implements api.Pools.

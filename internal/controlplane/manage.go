@@ -6,6 +6,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/sessiond/sessiond/internal/events"
+	"reflect"
 	"slices"
 	"sort"
 	"time"
@@ -299,6 +301,14 @@ func (cp *ControlPlane) update(ctx context.Context, p *Pool, rec store.Pool, spe
 	cp.managed.records[spec.Name] = next
 	cp.mu.Unlock()
 	cp.log.Info("session pool updated", "pool", spec.Name)
+	switch {
+	case reflect.DeepEqual(cur, spec):
+	case reflect.DeepEqual(withScale(cur, spec), spec):
+		cp.poolEvent(spec.Name, events.PoolScaled, fmt.Sprintf("maxConcurrentSessions %d, readySessionInstances %d",
+			spec.MaxConcurrentSessions, spec.ReadySessionInstances), false)
+	default:
+		cp.poolEvent(spec.Name, events.PoolUpdated, fmt.Sprintf("version %d", next.Version), false)
+	}
 	return nil
 }
 
@@ -416,6 +426,7 @@ func (cp *ControlPlane) DeletePool(ctx context.Context, name string) error {
 	delete(cp.managed.failed, name)
 	cp.mu.Unlock()
 	cp.log.Info("session pool deleted", "pool", name)
+	cp.poolEvent(name, events.PoolStopped, "deleted", true) // forgotten: nothing of it stays
 	return errors.Join(errs...)
 }
 
@@ -457,4 +468,10 @@ func (cp *ControlPlane) remove(name string) {
 	if i := slices.Index(cp.order, name); i >= 0 {
 		cp.order = slices.Delete(cp.order, i, i+1)
 	}
+}
+
+// withScale returns cur with next's scale properties: equal to next when only those changed.
+func withScale(cur, next pool.Spec) pool.Spec {
+	cur.MaxConcurrentSessions, cur.ReadySessionInstances = next.MaxConcurrentSessions, next.ReadySessionInstances
+	return cur
 }

@@ -190,6 +190,19 @@ func TestPoolCRUD(t *testing.T) {
 	if infos, _ := e.Runtime.List(ctx(t)); len(infos) != 0 {
 		t.Errorf("sandboxes after delete: %+v", infos)
 	}
+	// The event log hears of it: started, updated (a lifecycle change), scaled, and
+	// forgotten with the pool.
+	want := []string{"file-pool PoolStarted", "api-pool PoolStarted", "api-pool PoolUpdated", "api-pool PoolScaled", "api-pool forget"}
+	evs := e.PoolEvents()
+	for i, w := 0, 0; w < len(want); i++ {
+		if i == len(evs) {
+			t.Errorf("pool events %q, want %q in this order", evs, want)
+			break
+		}
+		if evs[i] == want[w] {
+			w++
+		}
+	}
 }
 
 // TestUpdateRollsWithoutTouchingSessions: a new image replaces the ready sandboxes, and

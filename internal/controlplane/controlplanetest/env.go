@@ -8,8 +8,10 @@ package controlplanetest
 import (
 	"bytes"
 	"context"
+	"github.com/sessiond/sessiond/internal/events"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -39,6 +41,18 @@ type Env struct {
 	Specs []pool.Spec
 
 	dir string
+
+	mu sync.Mutex
+	// poolEvents are what the control plane told Config.PoolEvent. Guarded by mu.
+	poolEvents []string
+}
+
+// PoolEvents returns what the control plane told Config.PoolEvent so far, one
+// "POOL KIND" (or "POOL forget") per call.
+func (e *Env) PoolEvents() []string {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return slices.Clone(e.poolEvents)
 }
 
 var agent struct {
@@ -115,6 +129,15 @@ func (e *Env) open(t testing.TB) {
 			return e.Runtime, nil
 		},
 		Images: e.Images, Store: e.Store, RefillDelay: -1,
+		PoolEvent: func(pool string, kind events.Kind, _ string, forget bool) {
+			e.mu.Lock()
+			defer e.mu.Unlock()
+			if forget {
+				e.poolEvents = append(e.poolEvents, pool+" forget")
+			} else {
+				e.poolEvents = append(e.poolEvents, pool+" "+string(kind))
+			}
+		},
 	}, e.Specs)
 	if err != nil {
 		t.Fatal(err)
