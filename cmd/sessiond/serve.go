@@ -65,15 +65,19 @@ func cmdServe(ctx context.Context, g *globals, args []string) error {
 
 	// Egress networks: the host's firewall table and DNS forwarder. Started whatever the
 	// pools say, so that a previous process's egress sandboxes are torn down properly.
+	// Without it (no nf_tables in the kernel, say) the server still runs: sandboxes of
+	// pools with EgressEnabled are then refused, each with this reason.
 	network, err := netns.New(netns.Config{Log: g.Log})
 	if err != nil {
 		return err
 	}
 	if err := network.Start(ctx); err != nil {
-		return fmt.Errorf("starting egress networking: %w", err)
+		g.Log.Error("egress networking is unavailable: pools with EgressEnabled cannot start sandboxes", "err", err)
+		network = nil
+	} else {
+		defer network.Close() // sandbox networks stay for the next start
+		g.Network = network
 	}
-	defer network.Close() // sandbox networks stay for the next start
-	g.Network = network
 
 	st, err := store.OpenBolt(filepath.Join(g.DataDir, store.FileName), store.Options{})
 	if err != nil {
@@ -86,7 +90,9 @@ func cmdServe(ctx context.Context, g *globals, args []string) error {
 		return err
 	}
 	obs.attach(cp)
-	reapNetworks(ctx, g, network)
+	if network != nil {
+		reapNetworks(ctx, g, network)
+	}
 	// A shutdown leaves allocated sessions running, with their records, for the next
 	// start to adopt; ready sandboxes are destroyed.
 	defer func() {
