@@ -5,8 +5,6 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"io"
-	"log/slog"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
@@ -16,7 +14,6 @@ import (
 
 	"github.com/sessiond/sessiond/internal/api"
 	"github.com/sessiond/sessiond/internal/controlplane"
-	"github.com/sessiond/sessiond/internal/controlplane/controlplanetest"
 	"github.com/sessiond/sessiond/internal/sandbox"
 	"github.com/sessiond/sessiond/internal/sandbox/sandboxtest"
 	"github.com/sessiond/sessiond/internal/store"
@@ -38,22 +35,9 @@ func TestREADMECommandLine(t *testing.T) {
 	if len(commands) < 10 {
 		t.Fatalf("found %d commands in the README's Command line section", len(commands))
 	}
-	img := sandboxtest.TestImage(t)
-	t.Setenv("SESSIOND_AGENT", controlplanetest.AgentBinary(t))
-	data, err := os.MkdirTemp("/tmp", "sdr-") // short: sandbox socket paths live below it
-	if err != nil {
-		t.Fatal(err)
-	}
-	os.Chmod(data, 0o711)
-	defer os.RemoveAll(data)
-	storeDir := filepath.Dir(filepath.Dir(img.RootFS)) // <store>/rootfs/<id>
-	if err := os.Symlink(storeDir, filepath.Join(data, "images")); err != nil {
-		t.Fatal(err)
-	}
-	g := &globals{DataDir: data, Stdout: io.Discard, Stderr: io.Discard, Log: slog.New(slog.DiscardHandler)}
-	if rt, err := openRuntime(g, "runc"); err != nil || !rt.Capabilities().Available {
-		sandboxtest.SkipOrFail(t, "runc unavailable: %v", err)
-	}
+	env := newRealEnv(t)
+	g, data := env.g, env.g.DataDir
+	env.runtime(t, "runc")
 	images, err := openImages(g)
 	if err != nil {
 		t.Fatal(err)

@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"net/http"
 	"os"
@@ -172,30 +171,9 @@ func (s *serverProc) sessions(t *testing.T) map[string][2]string {
 // left over; then that SIGTERM lets an execution in flight finish and leaves the sessions
 // for the next start.
 func TestRestart(t *testing.T) {
-	if testing.Short() {
-		t.Skip("starts real sandboxes")
-	}
-	img := sandboxtest.TestImage(t)
-	agentDir := t.TempDir()
-	agent, err := sandboxtest.BuildAgent(agentDir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Setenv("SESSIOND_AGENT", agent)
-	data, err := os.MkdirTemp("/tmp", "sdr-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	os.Chmod(data, 0o711)
-	defer os.RemoveAll(data)
-	if err := os.Symlink(filepath.Dir(filepath.Dir(img.RootFS)), filepath.Join(data, "images")); err != nil {
-		t.Fatal(err)
-	}
-	g := &globals{DataDir: data, Stdout: io.Discard, Stderr: io.Discard, Log: slog.New(slog.DiscardHandler)}
-	rt, err := openRuntime(g, "runc")
-	if err != nil || !rt.Capabilities().Available {
-		sandboxtest.SkipOrFail(t, "runc unavailable: %v", err)
-	}
+	env := newRealEnv(t)
+	img, data := env.img, env.g.DataDir
+	rt := env.runtime(t, "runc")
 	// Whatever happens, nothing survives the test.
 	defer func() {
 		ctx := context.Background()

@@ -137,7 +137,7 @@ func cmdServe(ctx context.Context, g *globals, args []string) error {
 		fmt.Fprintf(g.Stdout, "sessiond: pool %s (%s, %s) at %s/subscriptions/local/resourceGroups/local/sessionPools/%s (or %s/pools/%s)\n",
 			s.Name, s.ContainerType, p.Runtime(), base, s.Name, base, s.Name)
 	}
-	errc := make(chan error, 2)
+	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
 	mctx, stopMetrics := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopMetrics()
