@@ -174,6 +174,9 @@ func (k *Kernel) handle(sock zmq4.Socket, m *jupyter.Message) {
 			run = DefaultExecute
 		}
 		run(x)
+		if k.ctx.Err() != nil {
+			return // the kernel is going away: a dead kernel sends no reply
+		}
 		reply := map[string]any{"status": x.status, "execution_count": x.Count, "user_expressions": x.exprs}
 		if x.status == "error" {
 			reply["ename"], reply["evalue"], reply["traceback"] = x.ename, x.evalue, x.traceback
