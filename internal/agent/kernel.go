@@ -3,6 +3,7 @@ package agent
 import (
 	"cmp"
 	"context"
+	_ "embed"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -46,27 +47,15 @@ var kernelEnv = []string{
 	"PYDEVD_DISABLE_FILE_VALIDATION=1",
 }
 
-// pythonLauncher starts ipykernel as `python3 -m ipykernel_launcher` does (the working
-// directory leaves sys.path first, so a user's file cannot shadow a module the kernel
-// imports), with two start-up costs cut, together about a third of a kernel's start:
+// pythonLauncher starts ipykernel with start-up and per-message costs cut; the file
+// says which and why.
 //
-//   - debugpy: ipykernel imports the debugger (pydevd, ~0.2 CPU-seconds) when it can.
-//     Nothing reaches it here (the API has no debug requests), so the import is made
-//     to fail while ipykernel loads; user code can import debugpy afterwards.
-//   - history: IPython's SQLite history (a database file and a saving thread). In and
-//     Out still work; nothing is kept across kernels, which sessions never do anyway.
-const pythonLauncher = `import sys
-if sys.path and sys.path[0] == "":
-    del sys.path[0]
-sys.modules["debugpy"] = None
-from ipykernel import kernelapp
-del sys.modules["debugpy"]
-kernelapp.launch_new_instance()
-`
+//go:embed kernel_launcher.py
+var pythonLauncher string
 
 // pythonKernelArgv is the command of the python3 kernel.
 func pythonKernelArgv(connFile string) []string {
-	return []string{"python3", "-c", pythonLauncher, "-f", connFile, "--HistoryManager.enabled=False"}
+	return []string{"python3", "-c", pythonLauncher, "-f", connFile, "--HistoryManager.enabled=False", "--IPythonKernel._execute_sleep=0"}
 }
 
 // kernelSup supervises the code-interpreter kernel and runs executions on it, one at a

@@ -105,7 +105,7 @@ var _ api.Pool = (*Pool)(nil)
 
 // New starts a pool per spec. With a store, the sessions recorded there for these pools
 // are adopted where their sandboxes still run. On error, whatever started is closed again.
-func New(ctx context.Context, cfg Config, specs []pool.Spec) (cp *ControlPlane, err error) {
+func New(ctx context.Context, cfg Config, specs []pool.Spec) (*ControlPlane, error) {
 	if cfg.OpenRuntime == nil || cfg.Images == nil {
 		return nil, errors.New("control plane: no runtime opener or image store")
 	}
@@ -121,31 +121,38 @@ func New(ctx context.Context, cfg Config, specs []pool.Spec) (cp *ControlPlane, 
 	if cfg.PullTimeout <= 0 {
 		cfg.PullTimeout = DefaultPullTimeout
 	}
-	cp = &ControlPlane{cfg: cfg, log: cfg.Log.With("component", "controlplane"), pools: map[string]*Pool{}}
+	cp := &ControlPlane{cfg: cfg, log: cfg.Log.With("component", "controlplane"), pools: map[string]*Pool{}}
 	cp.prov.ctx, cp.prov.cancel = context.WithCancel(context.WithoutCancel(ctx))
-	if cfg.Store != nil {
-		cp.rec, err = store.NewAsync(cfg.Store, store.AsyncOptions{OnError: func(err error) {
+	if err := cp.open(ctx, specs); err != nil {
+		if cerr := cp.Close(context.WithoutCancel(ctx)); cerr != nil {
+			cp.log.Error("closing after a failed start", "err", cerr)
+		}
+		return nil, err
+	}
+	return cp, nil
+}
+
+// open starts the store writer and the pools of New.
+func (cp *ControlPlane) open(ctx context.Context, specs []pool.Spec) error {
+	if cp.cfg.Store != nil {
+		rec, err := store.NewAsync(cp.cfg.Store, store.AsyncOptions{OnError: func(err error) {
 			cp.log.Error("writing the session store", "err", err)
 		}})
 		if err != nil {
-			return nil, fmt.Errorf("starting the session store writer: %w", err)
+			return fmt.Errorf("starting the session store writer: %w", err)
 		}
+		cp.rec = rec
 		if err := cp.rec.Start(); err != nil {
-			return nil, fmt.Errorf("starting the session store writer: %w", err)
+			return fmt.Errorf("starting the session store writer: %w", err)
 		}
 	}
-	defer func() {
-		if err != nil {
-			cp.Close(context.WithoutCancel(ctx))
-		}
-	}()
 	for _, spec := range specs {
 		if err := cp.start(ctx, spec); err != nil {
-			return nil, err
+			return err
 		}
 	}
 	cp.startManaged(ctx)
-	return cp, nil
+	return nil
 }
 
 // start builds and starts spec's pool and adds it. A CustomContainer pool is added at once

@@ -13,9 +13,11 @@ import (
 	"github.com/sessiond/sessiond/internal/agentapi"
 	"github.com/sessiond/sessiond/internal/api"
 	"github.com/sessiond/sessiond/internal/config"
+	"github.com/sessiond/sessiond/internal/controlplane"
 	"github.com/sessiond/sessiond/internal/controlplane/controlplanetest"
 	"github.com/sessiond/sessiond/internal/errkind"
 	"github.com/sessiond/sessiond/internal/pool"
+	"github.com/sessiond/sessiond/internal/sandbox"
 	"github.com/sessiond/sessiond/internal/store"
 )
 
@@ -351,4 +353,32 @@ func TestAPIPoolsSurviveRestart(t *testing.T) {
 func storePool(name string, doc json.RawMessage) store.Pool {
 	now := time.Now().UTC()
 	return store.Pool{Name: name, Properties: doc, Version: 1, CreatedAt: now, UpdatedAt: now}
+}
+
+// TestNewFailsCleanly starts a control plane whose second pool cannot start (its image is
+// missing): New returns the reason, and the first pool's sandboxes are gone again.
+func TestNewFailsCleanly(t *testing.T) {
+	e := controlplanetest.New(t)
+	good := filePool
+	good.Name, good.Image, good.ReadySessionInstances = "good", controlplanetest.Images[0], 1
+	bad := filePool
+	bad.Name, bad.Image = "bad", "no-such-image"
+	cp, err := controlplane.New(ctx(t), controlplane.Config{
+		OpenRuntime: func(string) (sandbox.Runtime, error) { return e.Runtime, nil },
+		Images:      e.Images, RefillDelay: -1,
+	}, []pool.Spec{good, bad})
+	if err == nil {
+		cp.Close(ctx(t))
+		t.Fatal("New succeeded with a pool whose image is missing")
+	}
+	if !strings.Contains(err.Error(), "no-such-image") {
+		t.Errorf("New: %v, want the missing image named", err)
+	}
+	infos, err := e.Runtime.List(ctx(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(infos) != 0 {
+		t.Errorf("%d sandboxes left after the failed start: %+v", len(infos), infos)
+	}
 }

@@ -204,20 +204,34 @@ const (
 	backgroundShares = 128
 )
 
+// cpuBandwidth returns the CFS quota and burst, in microseconds, of a sandbox limited to
+// cpuMillis thousandths of a core with the given period (0: 100 ms). The burst (cgroup v1
+// cpu.cfs_burst_us, v2 cpu.max.burst) lets a sandbox save up to one period's quota while
+// it is idle and spend it on top of the quota later: the first execution after a pause
+// gets up to twice the cores for one period, while the long-run share stays the quota.
+// It matters under gVisor, whose sentry answers a request on several threads at once.
+func cpuBandwidth(cpuMillis int64, period uint64) (quota int64, burst uint64) {
+	if period == 0 {
+		period = 100000
+	}
+	quota = cpuMillis * int64(period) / 1000
+	return quota, uint64(quota)
+}
+
 func resources(l sandbox.Limits, hostMemory, hostPids int64, period uint64, background bool) *specs.LinuxResources {
 	mem := hostMemory
 	var swappiness uint64
 	if period == 0 {
 		period = 100000
 	}
-	quota := l.CPUMillis * int64(period) / 1000
+	quota, burst := cpuBandwidth(l.CPUMillis, period)
 	shares := uint64(normalShares)
 	if background {
 		shares = backgroundShares
 	}
 	return &specs.LinuxResources{
 		Memory: &specs.LinuxMemory{Limit: &mem, Swap: &mem, Swappiness: &swappiness},
-		CPU:    &specs.LinuxCPU{Quota: &quota, Period: &period, Shares: &shares},
+		CPU:    &specs.LinuxCPU{Quota: &quota, Period: &period, Shares: &shares, Burst: &burst},
 		Pids:   &specs.LinuxPids{Limit: &hostPids},
 		Devices: []specs.LinuxDeviceCgroup{
 			{Allow: false, Access: "rwm"},

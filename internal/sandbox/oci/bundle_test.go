@@ -52,8 +52,8 @@ func TestCPUPeriod(t *testing.T) {
 		{flavors["runc"].cpuPeriod, 100000, 2000, 200000},
 	} {
 		cpu := resources(sandbox.Limits{CPUMillis: tc.millis}, 1<<30, 512, tc.period, false).CPU
-		if *cpu.Period != tc.wantPeriod || *cpu.Quota != tc.wantQuota {
-			t.Errorf("period %d, %d millicores: period %d quota %d, want %d and %d", tc.period, tc.millis, *cpu.Period, *cpu.Quota, tc.wantPeriod, tc.wantQuota)
+		if *cpu.Period != tc.wantPeriod || *cpu.Quota != tc.wantQuota || *cpu.Burst != uint64(tc.wantQuota) {
+			t.Errorf("period %d, %d millicores: period %d quota %d burst %d, want %d and %d (burst = quota)", tc.period, tc.millis, *cpu.Period, *cpu.Quota, *cpu.Burst, tc.wantPeriod, tc.wantQuota)
 		}
 	}
 }

@@ -177,3 +177,22 @@ func setCPUShares(cgroupParent, id string, shares uint64) error {
 	}
 	return fmt.Errorf("no cpu controller for sandbox %s", id)
 }
+
+// setCPUBurst writes the sandbox's CFS burst in microseconds (cgroup v1 cpu.cfs_burst_us,
+// or cpu.max.burst in the v2 hierarchy), for runtimes that do not apply the spec's.
+func setCPUBurst(cgroupParent, id string, burst uint64) error {
+	v := []byte(strconv.FormatUint(burst, 10))
+	for _, f := range []string{
+		filepath.Join(cgroupRoot, "cpu", cgroupParent, id, "cpu.cfs_burst_us"),
+		filepath.Join(cgroupRoot, "cpu,cpuacct", cgroupParent, id, "cpu.cfs_burst_us"),
+		filepath.Join(cgroupRoot, cgroupParent, id, "cpu.max.burst"),
+	} {
+		if _, err := os.Stat(f); err == nil {
+			if err := os.WriteFile(f, v, 0); err != nil {
+				return fmt.Errorf("setting the CPU burst of sandbox %s: %w", id, err)
+			}
+			return nil
+		}
+	}
+	return nil // a kernel without CFS burst (before 5.14): quota only
+}

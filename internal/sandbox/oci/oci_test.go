@@ -98,7 +98,7 @@ func testCgroupParent(state string) string {
 }
 
 // TestPromote checks that a background sandbox starts with a low CPU weight and gets the
-// normal weight when promoted.
+// normal weight when promoted, and that its CPU burst is one period's quota.
 func TestPromote(t *testing.T) {
 	img := sandboxtest.TestImage(t)
 	for _, name := range Names() {
@@ -111,12 +111,18 @@ func TestPromote(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer rt.Destroy(ctx, info.ID)
-			shares := func() string {
-				b, err := os.ReadFile(filepath.Join(cgroupRoot, "cpu", rt.cfg.CgroupParent, info.ID, "cpu.shares"))
+			read := func(name string) string {
+				b, err := os.ReadFile(filepath.Join(cgroupRoot, "cpu", rt.cfg.CgroupParent, info.ID, name))
 				if err != nil {
 					t.Fatal(err)
 				}
 				return strings.TrimSpace(string(b))
+			}
+			shares := func() string { return read("cpu.shares") }
+			if _, err := os.Stat(filepath.Join(cgroupRoot, "cpu", rt.cfg.CgroupParent, info.ID, "cpu.cfs_burst_us")); err == nil {
+				if q, b := read("cpu.cfs_quota_us"), read("cpu.cfs_burst_us"); q != b || b == "0" {
+					t.Errorf("cpu.cfs_quota_us = %s, cpu.cfs_burst_us = %s: want the burst to be one quota", q, b)
+				}
 			}
 			if got := shares(); got != "128" {
 				t.Errorf("background sandbox cpu.shares = %s, want 128", got)
