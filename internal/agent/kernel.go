@@ -366,16 +366,15 @@ func (s *kernelSup) spawn() (*kernelProc, error) {
 	if err := s.ensureDir(); err != nil {
 		return nil, err
 	}
-	ports, err := jupyter.FreePorts()
-	if err != nil {
-		return nil, err
-	}
-	info, err := jupyter.NewConnectionInfo(ports)
+	// Unix sockets in the kernel directory, named for this kernel: no other process can
+	// take them, and under gVisor they are much cheaper than loopback TCP.
+	id := jupyter.NewID()
+	info, err := jupyter.NewIPCConnectionInfo(filepath.Join(s.dir, "k-"+id[:8]))
 	if err != nil {
 		return nil, err
 	}
 	info.KernelName = a.cfg.Kernel
-	connFile := filepath.Join(s.dir, "kernel-"+jupyter.NewID()+".json")
+	connFile := filepath.Join(s.dir, "kernel-"+id+".json")
 	if err := info.WriteFile(connFile, a.switchUser, a.cfg.UID, a.cfg.GID); err != nil {
 		return nil, err
 	}
@@ -507,8 +506,17 @@ func (k *kernelProc) kill() {
 	// (copyConsole).
 	_ = k.console.SetReadDeadline(time.Now().Add(drainTimeout))
 	<-k.readerDone
-	if err := os.Remove(k.connFile); err != nil && !errors.Is(err, os.ErrNotExist) {
-		k.sup.log.Warn("removing a connection file", "err", err)
+	// The kernel removes its sockets when it exits cleanly; a killed one leaves them.
+	files := []string{k.connFile}
+	for _, p := range []int{k.info.ShellPort, k.info.IOPubPort, k.info.StdinPort, k.info.ControlPort, k.info.HBPort} {
+		if network, addr := k.info.Endpoint(p); network == "unix" {
+			files = append(files, addr)
+		}
+	}
+	for _, f := range files {
+		if err := os.Remove(f); err != nil && !errors.Is(err, os.ErrNotExist) {
+			k.sup.log.Warn("removing a kernel file", "err", err)
+		}
 	}
 }
 

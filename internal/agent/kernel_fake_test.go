@@ -2,12 +2,10 @@ package agent
 
 import (
 	"encoding/json"
-	"errors"
 	"os"
 	"path/filepath"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -40,13 +38,6 @@ func startFakeKernelAgent(t *testing.T, maxDisplay int, execute func(*jupytertes
 		k := &jupytertest.Kernel{Execute: execute}
 		if err == nil {
 			err = k.Start(&info)
-		}
-		if errors.Is(err, syscall.EADDRINUSE) {
-			// Another test's kernel took a port between FreePorts and our bind: the
-			// agent sees this kernel exit and starts a fresh one on fresh ports, as it
-			// does for a real kernel.
-			t.Logf("fake kernel: %v (the agent retries)", err)
-			return []string{"/bin/false"}
 		}
 		if err != nil {
 			t.Errorf("starting the fake kernel: %v", err)

@@ -3,9 +3,11 @@
 #
 # - sys.path: the working directory leaves sys.path first, so a user's file cannot shadow
 #   a module the kernel imports.
-# - debugpy: ipykernel imports the debugger (pydevd, ~0.2 CPU-seconds) when it can.
-#   Nothing reaches it here (the API has no debug requests), so the import is made to fail
-#   while ipykernel loads; user code can import debugpy afterwards.
+# - debugpy and jedi: ipykernel imports the debugger (pydevd, ~0.2 CPU-seconds) and
+#   IPython's completer imports jedi (~0.1 CPU-seconds) when they can. Nothing reaches
+#   either here (the API has no debug or completion requests; IPython completes without
+#   jedi), so their imports are made to fail while ipykernel loads; user code can import
+#   both afterwards.
 # - IOPub thread hops (ipykernel 6): every iopub message the main thread publishes (status,
 #   execute_input, results, streams) is handed to the IOPub thread through a ZeroMQ pipe,
 #   and every stdout/stderr flush waits for a round trip through that thread. Each hop is a
@@ -30,11 +32,14 @@ import threading
 
 if sys.path and sys.path[0] == "":
     del sys.path[0]
-sys.modules["debugpy"] = None
+_blocked = ("debugpy", "jedi")
+for _m in _blocked:
+    sys.modules[_m] = None
 import ipykernel
 from ipykernel import iostream, kernelapp, kernelbase
 
-del sys.modules["debugpy"]
+for _m in _blocked:
+    del sys.modules[_m]
 
 
 def _direct_iopub():

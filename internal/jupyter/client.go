@@ -88,14 +88,14 @@ func Dial(ctx context.Context, info ConnectionInfo, opts Options) (*Client, erro
 		c.maxContent = DefaultMaxContent
 	}
 	var err error
-	if c.shell, err = dialRetry(ctx, info.addr(info.ShellPort), zmq4.Dealer); err != nil {
+	if c.shell, err = dialRetry(ctx, info, info.ShellPort, zmq4.Dealer); err != nil {
 		return nil, fmt.Errorf("connecting to the kernel's shell: %w", err)
 	}
-	if c.control, err = dialRetry(ctx, info.addr(info.ControlPort), zmq4.Dealer); err != nil {
+	if c.control, err = dialRetry(ctx, info, info.ControlPort, zmq4.Dealer); err != nil {
 		c.shell.close()
 		return nil, fmt.Errorf("connecting to the kernel's control: %w", err)
 	}
-	if c.iopub, err = dialRetry(ctx, info.addr(info.IOPubPort), zmq4.Sub); err != nil {
+	if c.iopub, err = dialRetry(ctx, info, info.IOPubPort, zmq4.Sub); err != nil {
 		c.shell.close()
 		c.control.close()
 		return nil, fmt.Errorf("connecting to the kernel's iopub: %w", err)
@@ -112,11 +112,12 @@ func Dial(ctx context.Context, info ConnectionInfo, opts Options) (*Client, erro
 	return c, nil
 }
 
-// dialRetry dials addr until it succeeds or ctx is done.
-func dialRetry(ctx context.Context, addr string, typ zmq4.SocketType) (*conn, error) {
+// dialRetry dials the kernel's socket at port until it succeeds or ctx is done.
+func dialRetry(ctx context.Context, info ConnectionInfo, port int, typ zmq4.SocketType) (*conn, error) {
+	network, addr := info.Endpoint(port)
 	delay := 5 * time.Millisecond
 	for {
-		c, err := dialConn(ctx, addr, typ)
+		c, err := dialConn(ctx, network, addr, typ)
 		if err == nil {
 			return c, nil
 		}
@@ -363,7 +364,8 @@ func (c *Client) Heartbeat(ctx context.Context) error {
 		return fmt.Errorf("heartbeat: %w", err)
 	}
 	if c.hb == nil {
-		hb, err := dialConn(ctx, c.info.addr(c.info.HBPort), zmq4.Req)
+		network, addr := c.info.Endpoint(c.info.HBPort)
+		hb, err := dialConn(ctx, network, addr, zmq4.Req)
 		if err != nil {
 			return fmt.Errorf("heartbeat: connecting: %w", err)
 		}

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"net"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -341,6 +342,74 @@ func TestCodecRejects(t *testing.T) {
 			t.Errorf("%s: Decode accepted %+v", tc.name, m)
 		} else if !errors.Is(err, jupyter.ErrBadMessage) {
 			t.Errorf("%s: error %v does not wrap ErrBadMessage", tc.name, err)
+		}
+	}
+}
+
+// TestFakeKernelIPC runs the client against the fake kernel on unix sockets.
+func TestFakeKernelIPC(t *testing.T) {
+	t.Parallel()
+	info, err := jupyter.NewIPCConnectionInfo(filepath.Join(t.TempDir(), "k"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	k := &jupytertest.Kernel{}
+	if err := k.Start(&info); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(k.Close)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := jupyter.Dial(ctx, k.ConnectionInfo(), jupyter.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	if _, err := c.WaitReady(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if r, col := execute(t, c, "1+1"); r.Status != "ok" || len(col.types()) != 2 {
+		t.Errorf("1+1: status %q, iopub %v", r.Status, col.types())
+	}
+	if err := c.Heartbeat(ctx); err != nil {
+		t.Errorf("Heartbeat: %v", err)
+	}
+}
+
+func TestConnectionValidate(t *testing.T) {
+	good, err := jupyter.NewIPCConnectionInfo("/run/k/k-0123")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n, addr := good.Endpoint(good.ShellPort); n != "unix" || addr != "/run/k/k-0123-1" || good.URL(good.HBPort) != "ipc:///run/k/k-0123-5" {
+		t.Errorf("endpoints: %s %s %s", n, addr, good.URL(good.HBPort))
+	}
+	tcp, err := jupyter.NewConnectionInfo(jupyter.Ports{Shell: 1, IOPub: 2, Stdin: 3, Control: 4, HB: 5})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, mod := range map[string]func(*jupyter.ConnectionInfo){
+		"relative ipc prefix":  func(c *jupyter.ConnectionInfo) { c.IP = "k" },
+		"unclean ipc prefix":   func(c *jupyter.ConnectionInfo) { c.IP = "/run/../etc/k" },
+		"socket path too long": func(c *jupyter.ConnectionInfo) { c.IP = "/" + strings.Repeat("d", 110) },
+		"unknown transport":    func(c *jupyter.ConnectionInfo) { c.Transport = "udp" },
+		"ipc port 0":           func(c *jupyter.ConnectionInfo) { c.HBPort = 0 },
+		"empty key":            func(c *jupyter.ConnectionInfo) { c.Key = "" },
+	} {
+		c := good
+		mod(&c)
+		if err := c.Validate(); err == nil {
+			t.Errorf("%s: Validate accepted %+v", name, c)
+		}
+	}
+	for name, mod := range map[string]func(*jupyter.ConnectionInfo){
+		"non-loopback tcp": func(c *jupyter.ConnectionInfo) { c.IP = "10.0.0.1" },
+		"tcp path as ip":   func(c *jupyter.ConnectionInfo) { c.IP = "/run/k" },
+	} {
+		c := tcp
+		mod(&c)
+		if err := c.Validate(); err == nil {
+			t.Errorf("%s: Validate accepted %+v", name, c)
 		}
 	}
 }

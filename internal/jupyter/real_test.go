@@ -39,7 +39,7 @@ func ipykernelPython(t testing.TB) string {
 func startRealKernel(t *testing.T) *Client {
 	t.Helper()
 	for attempt := 1; ; attempt++ {
-		c, err := tryRealKernel(t)
+		c, err := tryRealKernel(t, nil)
 		if err == nil {
 			return c
 		}
@@ -50,15 +50,19 @@ func startRealKernel(t *testing.T) *Client {
 	}
 }
 
-func tryRealKernel(t *testing.T) (*Client, error) {
+// tryRealKernel starts ipykernel on info, or on fresh TCP ports if info is nil.
+func tryRealKernel(t *testing.T, info *ConnectionInfo) (*Client, error) {
 	py := ipykernelPython(t)
-	ports, err := FreePorts()
-	if err != nil {
-		return nil, err
-	}
-	info, err := NewConnectionInfo(ports)
-	if err != nil {
-		return nil, err
+	if info == nil {
+		ports, err := FreePorts()
+		if err != nil {
+			return nil, err
+		}
+		ci, err := NewConnectionInfo(ports)
+		if err != nil {
+			return nil, err
+		}
+		info = &ci
 	}
 	cf := filepath.Join(t.TempDir(), "kernel.json")
 	if err := info.WriteFile(cf, false, 0, 0); err != nil {
@@ -81,7 +85,7 @@ func tryRealKernel(t *testing.T) (*Client, error) {
 		case <-ctx.Done():
 		}
 	}()
-	c, err := Dial(ctx, info, Options{})
+	c, err := Dial(ctx, *info, Options{})
 	if err != nil {
 		stop()
 		return nil, fmt.Errorf("dialling the kernel: %w", err)
@@ -94,6 +98,39 @@ func tryRealKernel(t *testing.T) (*Client, error) {
 	t.Cleanup(stop)
 	t.Cleanup(func() { c.Close() })
 	return c, nil
+}
+
+// TestRealKernelIPC runs ipykernel on unix sockets (transport ipc), as the agent does.
+func TestRealKernelIPC(t *testing.T) {
+	t.Parallel()
+	dir, err := os.MkdirTemp("", "kipc-") // short: socket paths are bounded
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	info, err := NewIPCConnectionInfo(filepath.Join(dir, "k"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := tryRealKernel(t, &info)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ex, err := c.Execute(ExecuteRequest{Code: "6*7"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-ex.Done():
+	case <-time.After(20 * time.Second):
+		t.Fatal("execution never finished")
+	}
+	if r, err := ex.Reply(); err != nil || r.Status != "ok" {
+		t.Fatalf("reply = %+v, %v", r, err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "k-1")); err != nil {
+		t.Errorf("the shell socket is not at prefix-1: %v", err)
+	}
 }
 
 func TestRealKernel(t *testing.T) {

@@ -37,10 +37,11 @@ type conn struct {
 	w  *bufio.Writer
 }
 
-// dialConn connects to addr as a socket of type typ and performs the ZMTP handshake.
-func dialConn(ctx context.Context, addr string, typ zmq4.SocketType) (*conn, error) {
+// dialConn connects to addr on network ("tcp" or "unix") as a socket of type typ and
+// performs the ZMTP handshake.
+func dialConn(ctx context.Context, network, addr string, typ zmq4.SocketType) (*conn, error) {
 	var d net.Dialer
-	nc, err := d.DialContext(ctx, "tcp", addr)
+	nc, err := d.DialContext(ctx, network, addr)
 	if err != nil {
 		return nil, err
 	}

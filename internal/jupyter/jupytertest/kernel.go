@@ -49,7 +49,8 @@ type Kernel struct {
 }
 
 // Start listens on loopback. With info nil it picks free ports and a random key;
-// otherwise it binds info's ports (as a kernel given a connection file does).
+// otherwise it binds info's ports or unix sockets (as a kernel given a connection file
+// does).
 func (k *Kernel) Start(info *jupyter.ConnectionInfo) error {
 	if info == nil {
 		ci, err := jupyter.NewConnectionInfo(jupyter.Ports{})
@@ -72,11 +73,17 @@ func (k *Kernel) Start(info *jupyter.ConnectionInfo) error {
 		sock zmq4.Socket
 		port *int
 	}{{k.shell, &k.info.ShellPort}, {k.control, &k.info.ControlPort}, {k.iopub, &k.info.IOPubPort}, {k.hb, &k.info.HBPort}} {
-		if err := s.sock.Listen(fmt.Sprintf("tcp://127.0.0.1:%d", *s.port)); err != nil {
+		url := fmt.Sprintf("tcp://127.0.0.1:%d", *s.port)
+		if k.info.Transport == "ipc" {
+			url = k.info.URL(*s.port)
+		}
+		if err := s.sock.Listen(url); err != nil {
 			k.Close()
 			return fmt.Errorf("fake kernel: %w", err)
 		}
-		*s.port = s.sock.Addr().(*net.TCPAddr).Port
+		if a, ok := s.sock.Addr().(*net.TCPAddr); ok {
+			*s.port = a.Port
+		}
 	}
 	if k.info.StdinPort == 0 {
 		k.info.StdinPort = k.info.HBPort // unused

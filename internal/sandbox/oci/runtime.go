@@ -121,7 +121,7 @@ var flavors = map[string]flavor{
 				// which netns.Manager set up; the host's firewall filters what leaves it.
 				network = "--network=sandbox"
 			}
-			return append(strings.Fields(os.Getenv("XFLAGS")),
+			return []string{
 				// systrap works without /dev/kvm and on nested virtualization.
 				"--platform=systrap",
 				// The agent creates its socket in a host directory.
@@ -133,7 +133,7 @@ var flavors = map[string]flavor{
 				// The upper layer of the root overlay is a file in the sandbox's
 				// size-limited tmpfs, so the writable layer counts against DiskBytes.
 				"--overlay2=root:dir=" + rwDir + ",size=" + strconv.FormatInt(l.DiskBytes, 10),
-			)
+			}
 		},
 	},
 }
