@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
+	"fmt"
 	"image/png"
 	"os"
 	"os/exec"
@@ -176,6 +177,8 @@ func testKernelResults(t *testing.T) {
 		// of ipykernel's start) is importable by user code.
 		{code: "In[1]", want: `"1+1"`},
 		{code: "import importlib.util; import sys; importlib.util.find_spec('debugpy') is not None and sys.modules.get('debugpy', 0) is not None", want: `true`},
+		// jedi is kept out of the start too (not loaded), and stays importable.
+		{code: "'jedi' in sys.modules or importlib.util.find_spec('jedi') is None", want: `false`},
 	} {
 		ex := run(t, ta, agentapi.ExecuteRequest{Code: tc.code, JupyterFormat: tc.jupyter})
 		if ex.Status != agentapi.StatusSucceeded || string(ex.Result) != tc.want || ex.Stdout != tc.stdout {
@@ -227,6 +230,35 @@ func testKernelResults(t *testing.T) {
 			if !hasPNG {
 				t.Errorf("%q: no image/png among the outputs", code)
 			}
+		}
+	})
+
+	// The launcher sends the main thread's iopub messages itself: output from other
+	// threads, forked children and rich displays must keep arriving, in order.
+	t.Run("output order", func(t *testing.T) {
+		var want strings.Builder
+		for i := range 200 {
+			fmt.Fprintf(&want, "t %d\n", i)
+		}
+		want.WriteString("main done\n")
+		for _, tc := range []struct{ name, code, stdout, stderr string }{
+			{"thread", "import threading\ndef f():\n    for i in range(200): print('t', i)\nth = threading.Thread(target=f); th.start(); th.join()\nprint('main done')", want.String(), ""},
+			{"fork", "import os, time\npid = os.fork()\nif pid == 0:\n    print('child', flush=True); os._exit(0)\nos.waitpid(pid, 0); time.sleep(0.5); print('parent')", "child\nparent\n", ""},
+			{"interleaved", "import sys\nfor i in range(3):\n    print(i); print('e', i, file=sys.stderr)", "0\n1\n2\n", "e 0\ne 1\ne 2\n"},
+			{"timed", "import time\nfor i in range(3):\n    print(i, flush=True); time.sleep(0.3)", "0\n1\n2\n", ""},
+		} {
+			ex := run(t, ta, agentapi.ExecuteRequest{Code: tc.code})
+			if ex.Status != agentapi.StatusSucceeded || ex.Stdout != tc.stdout || ex.Stderr != tc.stderr {
+				t.Errorf("%s: status %s, stdout %q, stderr %q; want %q, %q", tc.name, ex.Status, ex.Stdout, ex.Stderr, tc.stdout, tc.stderr)
+			}
+		}
+		ex := run(t, ta, agentapi.ExecuteRequest{Code: "from IPython.display import display\nprint('before'); display(42); print('after')"})
+		var got []string
+		for _, o := range ex.Outputs {
+			got = append(got, o.Type)
+		}
+		if ex.Stdout != "before\nafter\n" || len(ex.Outputs) != 1 {
+			t.Errorf("display between prints: stdout %q, outputs %v", ex.Stdout, got)
 		}
 	})
 

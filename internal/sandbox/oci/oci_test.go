@@ -57,6 +57,13 @@ func requireRuntime(t *testing.T, name, stateDir string) *Runtime {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { // the test's cgroup parents, once its sandboxes are gone
+		parent := testCgroupParent(stateDir)
+		dirs, _ := filepath.Glob(filepath.Join(cgroupRoot, "*", parent))
+		for _, d := range append(dirs, filepath.Join(cgroupRoot, parent)) {
+			os.Remove(d) // fails while another subtest's sandbox still lives in it
+		}
+	})
 	if c := rt.Capabilities(); !c.Available {
 		sandboxtest.SkipOrFail(t, "%s unavailable: %s", name, c.Reason)
 	}
