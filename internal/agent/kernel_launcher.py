@@ -15,8 +15,9 @@
 #   an execution makes a dozen of them. Here the main thread sends its own messages
 #   directly; a lock serialises every use of the iopub socket between it and the IOPub
 #   thread (which still sends for other threads and flushes on its timer), and the order
-#   of one thread's messages is unchanged. Forked children and other ipykernel versions
-#   keep ipykernel's own behaviour.
+#   of one thread's messages is unchanged. An interrupt (SIGINT) that arrives during such
+#   a send is held until the send is complete. Forked children and other ipykernel
+#   versions keep ipykernel's own behaviour.
 # - The control-queue flush (ipykernel 6): before each shell request the main thread wakes
 #   the control thread, which wakes it back with a future that dispatch_shell returns
 #   without awaiting (`await self._flush_control_queue()` awaits the coroutine, not the
@@ -27,6 +28,7 @@
 #   that did not make it out; the agent passes --IPythonKernel._execute_sleep=0, since a
 #   flush here sends before it returns.
 import asyncio
+import signal
 import sys
 import threading
 
@@ -53,6 +55,28 @@ def _direct_iopub():
     def master(io):
         return io is not None and io._is_master_process()
 
+    def on_main():
+        return threading.current_thread() is threading.main_thread()
+
+    def uninterrupted(fn):
+        # Runs fn on the main thread under the lock with SIGINT deferred until it returns.
+        # An interrupt is a KeyboardInterrupt raised between two bytecodes: in the middle
+        # of a multipart send it would leave part of a message on the socket and garble
+        # every later one; in a flush, it would drop the text taken from the buffer.
+        old = signal.getsignal(signal.SIGINT)
+        if old is None:  # a handler not installed from Python: leave it alone
+            with lock:
+                return fn()
+        hits = []
+        signal.signal(signal.SIGINT, lambda signum, frame: hits.append(frame))
+        try:
+            with lock:
+                fn()
+        finally:
+            signal.signal(signal.SIGINT, old)
+        if hits and callable(old):
+            old(signal.SIGINT, hits[0])  # default_int_handler raises KeyboardInterrupt
+
     handle_event = pub._handle_event
 
     def _handle_event(self, msg):
@@ -60,8 +84,11 @@ def _direct_iopub():
             handle_event(self, msg)
 
     def send_multipart(self, *args, **kwargs):
-        me = threading.current_thread()
-        if master(self) and (me is threading.main_thread() or me is self.thread):
+        if not master(self):
+            self.schedule(lambda: self._really_send(*args, **kwargs))
+        elif on_main():
+            uninterrupted(lambda: self._really_send(*args, **kwargs))
+        elif threading.current_thread() is self.thread:
             with lock:
                 self._really_send(*args, **kwargs)
         else:
@@ -73,12 +100,15 @@ def _direct_iopub():
 
     def _flush(self):
         if not master(self.pub_thread):
-            return flush_now(self)  # a forked child: ipykernel pipes it to the parent
-        with lock:
-            flush_now(self)
+            flush_now(self)  # a forked child: ipykernel pipes it to the parent
+        elif on_main():
+            uninterrupted(lambda: flush_now(self))
+        else:
+            with lock:
+                flush_now(self)
 
     def _out_flush(self):
-        if master(self.pub_thread) and threading.current_thread() is threading.main_thread():
+        if master(self.pub_thread) and on_main():
             self._flush()
         else:
             flush(self)

@@ -367,14 +367,24 @@ func testKernelsIsolated(t *testing.T) {
 func testKernelAsyncAndQueue(t *testing.T) {
 	ta := startKernelAgent(t)
 	ctx := ctxFor(t, 60*time.Second)
-	ex, err := ta.client.Execute(ctx, agentapi.ExecuteRequest{ID: "slow", Code: "import time\ntime.sleep(30)", Async: true})
+	// The file says the user's code runs: an interrupt that reached ipykernel before it
+	// (the kernel is busy from the moment it takes the request) would cancel the
+	// execution without a KeyboardInterrupt in it.
+	ex, err := ta.client.Execute(ctx, agentapi.ExecuteRequest{ID: "slow", Code: "open('slow-started', 'w').close()\nimport time\ntime.sleep(30)", Async: true})
 	if err != nil || ex.Status != agentapi.StatusRunning || ex.ID != "slow" {
 		t.Fatalf("async Execute = %+v, %v", ex, err)
 	}
 	if _, err := ta.client.Execute(ctx, agentapi.ExecuteRequest{ID: "slow", Code: "1", Async: true}); !errkind.Is(err, errkind.AlreadyExists) {
 		t.Errorf("duplicate ID: err %v, want already_exists", err)
 	}
-	waitKernel(t, ta, func(ki agentapi.KernelInfo) bool { return ki.State == "busy" })
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		if _, err := os.Stat(filepath.Join(ta.dataDir, "slow-started")); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the slow execution's code never started")
+		}
+	}
 	for i := range agentapi.MaxExecuteQueue {
 		if _, err := ta.client.Execute(ctx, agentapi.ExecuteRequest{ID: "q" + string(rune('a'+i)), Code: "21*2", Async: true}); err != nil {
 			t.Fatalf("queueing execution %d: %v", i, err)
