@@ -201,7 +201,9 @@ func (s *kernelSup) execute(e *execution) {
 	// idle answers whether the kernel serves a kernel_info request, asked as the interrupt
 	// goes out: ipykernel drops the reply of a request that the interrupt reached outside
 	// the user's code (it logs "KeyboardInterrupt caught in kernel") and goes on, and then
-	// only this tells a kernel that is fine from one that is stuck.
+	// only this tells a kernel that is fine from one that is stuck. The probe waits for
+	// its idle status too (Sync): an execution that did get its reply is then done, even
+	// when its idle status was still on the way as the probe's reply came in.
 	var idle <-chan bool
 	probeCtx, stopProbe := context.WithCancel(context.Background())
 	defer stopProbe()
@@ -211,8 +213,7 @@ func (s *kernelSup) execute(e *execution) {
 		c := make(chan bool, 1)
 		idle = c
 		go func() { // ends with probeCtx at the latest
-			_, err := k.client.KernelInfo(probeCtx)
-			c <- err == nil
+			c <- k.client.Sync(probeCtx) == nil
 		}()
 	}
 	timedOut, canceled := false, false

@@ -305,6 +305,15 @@ func (c *Client) KernelInfo(ctx context.Context) (KernelInfo, error) {
 	return c.kernelInfo(ctx, false)
 }
 
+// Sync sends a kernel_info request and waits for both its reply and its idle status. The
+// kernel handles shell requests in order and iopub is one ordered stream, so once Sync
+// returns nil, every reply and iopub message of the requests handled before it has
+// arrived (an execution that got its reply is done).
+func (c *Client) Sync(ctx context.Context) error {
+	_, err := c.kernelInfo(ctx, true)
+	return err
+}
+
 func (c *Client) kernelInfo(ctx context.Context, wantIdle bool) (KernelInfo, error) {
 	cl, err := c.request(c.shell, "kernel_info_request", struct{}{}, wantIdle, nil)
 	if err != nil {
