@@ -201,9 +201,7 @@ func (s *kernelSup) execute(e *execution) {
 	// idle answers whether the kernel serves a kernel_info request, asked as the interrupt
 	// goes out: ipykernel drops the reply of a request that the interrupt reached outside
 	// the user's code (it logs "KeyboardInterrupt caught in kernel") and goes on, and then
-	// only this tells a kernel that is fine from one that is stuck. The probe waits for
-	// its idle status too (Sync): an execution that did get its reply is then done, even
-	// when its idle status was still on the way as the probe's reply came in.
+	// only this tells a kernel that is fine from one that is stuck.
 	var idle <-chan bool
 	probeCtx, stopProbe := context.WithCancel(context.Background())
 	defer stopProbe()
@@ -213,7 +211,8 @@ func (s *kernelSup) execute(e *execution) {
 		c := make(chan bool, 1)
 		idle = c
 		go func() { // ends with probeCtx at the latest
-			c <- k.client.Sync(probeCtx) == nil
+			_, err := k.client.KernelInfo(probeCtx)
+			c <- err == nil
 		}()
 	}
 	timedOut, canceled := false, false
@@ -238,10 +237,17 @@ wait:
 			if !ok {
 				continue
 			}
-			select {
-			case <-ex.Done(): // the reply came after all, just before the probe's
-				break wait
-			default:
+			if ex.Replied() {
+				// The reply came after all, before the probe's (shell replies keep
+				// their order); its idle status is still on the way on iopub.
+				select {
+				case <-ex.Done():
+					break wait
+				case <-k.exited:
+					continue // handled above as a kernel that died
+				case <-grace:
+					// Answers, but the idle status never came: kept, as below.
+				}
 			}
 			how = outcomeCanceled
 			if timedOut {

@@ -104,7 +104,9 @@ func TestFakeKernelStuck(t *testing.T) {
 	})
 	start := time.Now()
 	ex := run(t, ta, agentapi.ExecuteRequest{Code: "hang", TimeoutSeconds: 1})
-	if d := time.Since(start); d > time.Second+interruptGrace+time.Second {
+	// Slack for a loaded machine: the bound is there to catch a wait for the whole
+	// execution or a hang, not to time the replacement.
+	if d := time.Since(start); d > time.Second+interruptGrace+3*time.Second {
 		t.Errorf("a 1s timeout took %v", d)
 	}
 	if ex.Status != agentapi.StatusFailed || ex.Stderr != agentapi.TimeoutMessage || !ex.KernelRestarted || ex.Stdout != "before\n" {

@@ -457,7 +457,10 @@ func testKernelClientGone(t *testing.T) {
 // its sessions' state).
 func testKernelInterruptRaces(t *testing.T) {
 	ta := startKernelAgent(t)
-	ta.kernel.grace = time.Second // set before any execution reaches the kernel
+	// Set before any execution reaches the kernel. Without the probe a dropped reply
+	// means a replacement after the grace however long it is; a loaded machine can take
+	// more than a second to answer the probe.
+	ta.kernel.grace = 3 * time.Second
 	run(t, ta, agentapi.ExecuteRequest{Code: "kept = 7"})
 	for i := range 40 {
 		ctx, cancel := context.WithCancel(context.Background())

@@ -305,15 +305,6 @@ func (c *Client) KernelInfo(ctx context.Context) (KernelInfo, error) {
 	return c.kernelInfo(ctx, false)
 }
 
-// Sync sends a kernel_info request and waits for both its reply and its idle status. The
-// kernel handles shell requests in order and iopub is one ordered stream, so once Sync
-// returns nil, every reply and iopub message of the requests handled before it has
-// arrived (an execution that got its reply is done).
-func (c *Client) Sync(ctx context.Context) error {
-	_, err := c.kernelInfo(ctx, true)
-	return err
-}
-
 func (c *Client) kernelInfo(ctx context.Context, wantIdle bool) (KernelInfo, error) {
 	cl, err := c.request(c.shell, "kernel_info_request", struct{}{}, wantIdle, nil)
 	if err != nil {
@@ -455,3 +446,12 @@ func (e *Execution) Reply() (ExecuteReply, error) {
 // Release stops matching the kernel's messages to the execution, when the caller gives
 // up on it before it is done.
 func (e *Execution) Release() { e.c.forget(e.cl) }
+
+// Replied reports whether the execute_reply has arrived; its idle status may still be on
+// the way. Shell replies arrive in request order: once the reply of a later request has
+// been handed over, Replied tells for good whether the kernel answered this one.
+func (e *Execution) Replied() bool {
+	e.c.mu.Lock()
+	defer e.c.mu.Unlock()
+	return e.cl.reply != nil
+}

@@ -374,9 +374,6 @@ func TestFakeKernelIPC(t *testing.T) {
 	if err := c.Heartbeat(ctx); err != nil {
 		t.Errorf("Heartbeat: %v", err)
 	}
-	if err := c.Sync(ctx); err != nil {
-		t.Errorf("Sync: %v", err)
-	}
 }
 
 func TestConnectionValidate(t *testing.T) {
