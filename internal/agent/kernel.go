@@ -48,7 +48,9 @@ var kernelEnv = []string{
 }
 
 // pythonLauncher starts ipykernel with start-up and per-message costs cut; the file
-// says which and why.
+// says which and why. The command line adds two more: no SQLite history (a database file
+// and a saving thread; In and Out still work, and nothing is kept across kernels, which
+// sessions never do anyway), and no sleep after each execution (see the file).
 //
 //go:embed kernel_launcher.py
 var pythonLauncher string
@@ -366,8 +368,8 @@ func (s *kernelSup) spawn() (*kernelProc, error) {
 	if err := s.ensureDir(); err != nil {
 		return nil, err
 	}
-	// Unix sockets in the kernel directory, named for this kernel: no other process can
-	// take them, and under gVisor they are much cheaper than loopback TCP.
+	// Unix sockets in the kernel directory, named for this kernel: unlike TCP ports, no
+	// other process can take them between choosing and binding.
 	id := jupyter.NewID()
 	info, err := jupyter.NewIPCConnectionInfo(filepath.Join(s.dir, "k-"+id[:8]))
 	if err != nil {

@@ -58,8 +58,7 @@ func NewConnectionInfo(ports Ports) (ConnectionInfo, error) {
 // NewIPCConnectionInfo returns a connection for a kernel listening on unix sockets named
 // prefix-1 to prefix-5 (prefix an absolute path), signed with a fresh random key. Unlike
 // TCP ports, the names cannot be taken by another process between picking and binding
-// when prefix is in a directory of the kernel's own; and under gVisor a unix socket
-// round trip costs a fraction of one over the sandbox's loopback TCP.
+// when prefix is in a directory of the kernel's own.
 func NewIPCConnectionInfo(prefix string) (ConnectionInfo, error) {
 	c, err := NewConnectionInfo(Ports{Shell: 1, IOPub: 2, Stdin: 3, Control: 4, HB: 5})
 	if err != nil {
