@@ -104,9 +104,10 @@ func TestFakeKernelStuck(t *testing.T) {
 	})
 	start := time.Now()
 	ex := run(t, ta, agentapi.ExecuteRequest{Code: "hang", TimeoutSeconds: 1})
-	// Slack for a loaded machine: the bound is there to catch a wait for the whole
-	// execution or a hang, not to time the replacement.
-	if d := time.Since(start); d > time.Second+interruptGrace+3*time.Second {
+	// The hang lasts until the test ends: the bound catches waiting for it (or for the
+	// 60 s request deadline), with room for a replacement on a loaded machine (CI took
+	// up to 8 s with the whole suite running).
+	if d := time.Since(start); d > time.Second+interruptGrace+12*time.Second {
 		t.Errorf("a 1s timeout took %v", d)
 	}
 	if ex.Status != agentapi.StatusFailed || ex.Stderr != agentapi.TimeoutMessage || !ex.KernelRestarted || ex.Stdout != "before\n" {

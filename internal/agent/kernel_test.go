@@ -38,8 +38,17 @@ func kernelPython(t testing.TB, want ...string) string {
 		missing = "ipykernel"
 	} else {
 		for _, m := range want {
-			if exec.Command(pythonPath, "-c", "import "+m).Run() != nil {
-				missing = m
+			// Tried three times: on a loaded machine an import can fail for want of a
+			// thread (numpy starts its BLAS threads when imported).
+			var out []byte
+			var err error
+			for range 3 {
+				if out, err = exec.Command(pythonPath, "-c", "import "+m).CombinedOutput(); err == nil {
+					break
+				}
+			}
+			if err != nil {
+				missing = fmt.Sprintf("%s (%v: %.500s)", m, err, out)
 			}
 		}
 	}
