@@ -32,6 +32,7 @@ import (
 
 	"github.com/sessiond/sessiond/internal/agentapi"
 	"github.com/sessiond/sessiond/internal/errkind"
+	"github.com/sessiond/sessiond/internal/loopback"
 )
 
 // Identity is a numeric user and group inside the sandbox.
@@ -226,7 +227,7 @@ func (a *Agent) Serve(ctx context.Context) error {
 	}
 	a.started = time.Now()
 	if os.Getpid() == 1 {
-		if err := loopbackUp(); err != nil {
+		if err := loopback.Up(); err != nil {
 			a.log.Warn("cannot bring up the loopback interface", "err", err)
 		}
 	}

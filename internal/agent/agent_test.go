@@ -23,6 +23,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/sessiond/sessiond/internal/agentapi"
+	"github.com/sessiond/sessiond/internal/loopback"
 )
 
 // TestMain fails the run if any test left a goroutine of the agent or of net/http
@@ -477,11 +478,11 @@ func TestLoopbackUp(t *testing.T) {
 			errc <- fmt.Errorf("before: lo up=%v err=%v, want down", up, err)
 			return
 		}
-		if err := loopbackUp(); err != nil {
+		if err := loopback.Up(); err != nil {
 			errc <- err
 			return
 		}
-		if err := loopbackUp(); err != nil { // idempotent
+		if err := loopback.Up(); err != nil { // idempotent
 			errc <- err
 			return
 		}

@@ -10,6 +10,8 @@ import (
 	"strings"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/sessiond/sessiond/internal/loopback"
 )
 
 // Create makes a new network namespace at path (see createNamespace); Remove removes it.
@@ -60,28 +62,7 @@ func configureNamespace() error {
 			return err
 		}
 	}
-	return loopbackUp()
-}
-
-// loopbackUp brings lo up in the calling thread's network namespace.
-func loopbackUp() error {
-	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		return fmt.Errorf("bringing up lo: %w", err)
-	}
-	defer unix.Close(fd)
-	ifr, err := unix.NewIfreq("lo")
-	if err != nil {
-		return fmt.Errorf("bringing up lo: %w", err)
-	}
-	if err := unix.IoctlIfreq(fd, unix.SIOCGIFFLAGS, ifr); err != nil {
-		return fmt.Errorf("bringing up lo: %w", err)
-	}
-	ifr.SetUint16(ifr.Uint16() | unix.IFF_UP)
-	if err := unix.IoctlIfreq(fd, unix.SIOCSIFFLAGS, ifr); err != nil {
-		return fmt.Errorf("bringing up lo: %w", err)
-	}
-	return nil
+	return loopback.Up()
 }
 
 // removeNamespace unmounts and removes a namespace file made by createNamespace. The

@@ -160,39 +160,46 @@ func pss(pid int) int64 {
 	return 0
 }
 
+// cpuFile returns the path of the sandbox's CPU controller file: v1 in the cpu hierarchy
+// if the sandbox has one, else v2 in the unified hierarchy; inV2 says which. ok is false
+// when neither exists.
+func cpuFile(cgroupParent, id, v1, v2 string) (path string, inV2, ok bool) {
+	for _, ctrl := range []string{"cpu", "cpu,cpuacct"} {
+		f := filepath.Join(cgroupRoot, ctrl, cgroupParent, id, v1)
+		if _, err := os.Stat(f); err == nil {
+			return f, false, true
+		}
+	}
+	f := filepath.Join(cgroupRoot, cgroupParent, id, v2)
+	if _, err := os.Stat(f); err == nil {
+		return f, true, true
+	}
+	return "", false, false
+}
+
 // setCPUShares writes the sandbox's CPU weight (cgroup v1 cpu.shares, or the v2 hierarchy's
 // cpu.weight when that is where the sandbox lives).
 func setCPUShares(cgroupParent, id string, shares uint64) error {
-	for _, ctrl := range []string{"cpu", "cpu,cpuacct"} {
-		f := filepath.Join(cgroupRoot, ctrl, cgroupParent, id, "cpu.shares")
-		if _, err := os.Stat(f); err == nil {
-			return os.WriteFile(f, []byte(strconv.FormatUint(shares, 10)), 0)
-		}
+	f, inV2, ok := cpuFile(cgroupParent, id, "cpu.shares", "cpu.weight")
+	if !ok {
+		return fmt.Errorf("no cpu controller for sandbox %s", id)
 	}
-	f := filepath.Join(cgroupRoot, cgroupParent, id, "cpu.weight")
-	if _, err := os.Stat(f); err == nil {
+	if inV2 {
 		// cgroup v2 weights run 1..10000 with 100 the default; shares 1024 map to 100.
-		w := max(1, shares*100/1024)
-		return os.WriteFile(f, []byte(strconv.FormatUint(w, 10)), 0)
+		shares = max(1, shares*100/1024)
 	}
-	return fmt.Errorf("no cpu controller for sandbox %s", id)
+	return os.WriteFile(f, []byte(strconv.FormatUint(shares, 10)), 0)
 }
 
 // setCPUBurst writes the sandbox's CFS burst in microseconds (cgroup v1 cpu.cfs_burst_us,
 // or cpu.max.burst in the v2 hierarchy), for runtimes that do not apply the spec's.
 func setCPUBurst(cgroupParent, id string, burst uint64) error {
-	v := []byte(strconv.FormatUint(burst, 10))
-	for _, f := range []string{
-		filepath.Join(cgroupRoot, "cpu", cgroupParent, id, "cpu.cfs_burst_us"),
-		filepath.Join(cgroupRoot, "cpu,cpuacct", cgroupParent, id, "cpu.cfs_burst_us"),
-		filepath.Join(cgroupRoot, cgroupParent, id, "cpu.max.burst"),
-	} {
-		if _, err := os.Stat(f); err == nil {
-			if err := os.WriteFile(f, v, 0); err != nil {
-				return fmt.Errorf("setting the CPU burst of sandbox %s: %w", id, err)
-			}
-			return nil
-		}
+	f, _, ok := cpuFile(cgroupParent, id, "cpu.cfs_burst_us", "cpu.max.burst")
+	if !ok {
+		return nil // a kernel without CFS burst (before 5.14): quota only
 	}
-	return nil // a kernel without CFS burst (before 5.14): quota only
+	if err := os.WriteFile(f, []byte(strconv.FormatUint(burst, 10)), 0); err != nil {
+		return fmt.Errorf("setting the CPU burst of sandbox %s: %w", id, err)
+	}
+	return nil
 }

@@ -1,4 +1,5 @@
-package agent
+// Package loopback brings a network namespace's loopback interface up.
+package loopback
 
 import (
 	"fmt"
@@ -6,10 +7,9 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// loopbackUp brings the loopback interface of the agent's network namespace up. A new
-// network namespace (runc's) starts with lo down, and Jupyter kernels talk to their
-// client over 127.0.0.1; gVisor's netstack has it up already, which makes this a no-op.
-func loopbackUp() error {
+// Up brings lo up in the calling thread's network namespace. A new network namespace
+// starts with lo down; where it is up already (gVisor's netstack) this is a no-op.
+func Up() error {
 	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return fmt.Errorf("bringing up lo: %w", err)
