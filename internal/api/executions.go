@@ -508,24 +508,36 @@ func (s *Server) getExecution(w http.ResponseWriter, r *http.Request) error {
 	if c.spec.ContainerType == pool.Shell {
 		return errNotFound("Execution '%s' was not found: Shell pools run commands synchronously and keep no executions.", id)
 	}
-	lease, err := c.pool.Get(r.Context(), c.identifier)
-	if errkind.Is(err, errkind.NotFound) {
-		return errNotFound("Execution '%s' was not found: no session has identifier '%s'.", id, c.identifier)
-	}
+	exe, err := s.sessionExecution(r, c.pool, c.identifier, id,
+		fmt.Sprintf("Execution '%s' was not found: no session has identifier '%s'.", id, c.identifier))
 	if err != nil {
 		return err
+	}
+	return writeJSON(w, http.StatusOK, kernelOutcome(exe, 0).resource(c.identifier, ""))
+}
+
+// sessionExecution returns execution id as the agent of identifier's session in p keeps
+// it, without allocating a session; noSession is the not-found message when identifier
+// has none.
+func (s *Server) sessionExecution(r *http.Request, p Pool, identifier, id, noSession string) (agentapi.Execution, error) {
+	lease, err := p.Get(r.Context(), identifier)
+	if errkind.Is(err, errkind.NotFound) {
+		return agentapi.Execution{}, errNotFound("%s", noSession)
+	}
+	if err != nil {
+		return agentapi.Execution{}, err
 	}
 	defer lease.Release()
 	ctx, cancel := s.agentContext(r, false)
 	defer cancel()
 	exe, err := lease.Agent.GetExecution(ctx, id)
 	if errkind.Is(err, errkind.NotFound) {
-		return errNotFound("Execution '%s' was not found in session '%s'.", id, c.identifier)
+		return agentapi.Execution{}, errNotFound("Execution '%s' was not found in session '%s'.", id, identifier)
 	}
 	if err != nil {
-		return agentError(ctx, "getting execution", err)
+		return agentapi.Execution{}, agentError(ctx, "getting execution", err)
 	}
-	return writeJSON(w, http.StatusOK, kernelOutcome(exe, 0).resource(c.identifier, ""))
+	return exe, nil
 }
 
 // endpointPath returns the pool endpoint's path of a request to a route with a literal

@@ -385,22 +385,10 @@ func (s *Server) manageGetExecution(w http.ResponseWriter, r *http.Request) erro
 	if p.Spec().ContainerType != pool.PythonLTS && p.Spec().ContainerType != "" {
 		return errNotFound("Execution '%s' was not found: only code-interpreter pools keep executions.", id)
 	}
-	lease, err := p.Get(r.Context(), identifier)
-	if errkind.Is(err, errkind.NotFound) {
-		return errNotFound("Execution '%s' was not found: no session has identifier '%s' in session pool '%s'.", id, identifier, name)
-	}
+	exe, err := s.sessionExecution(r, p, identifier, id,
+		fmt.Sprintf("Execution '%s' was not found: no session has identifier '%s' in session pool '%s'.", id, identifier, name))
 	if err != nil {
 		return err
-	}
-	defer lease.Release()
-	ctx, cancel := s.agentContext(r, false)
-	defer cancel()
-	exe, err := lease.Agent.GetExecution(ctx, id)
-	if errkind.Is(err, errkind.NotFound) {
-		return errNotFound("Execution '%s' was not found in session '%s'.", id, identifier)
-	}
-	if err != nil {
-		return agentError(ctx, "getting execution", err)
 	}
 	return writeJSON(w, http.StatusOK, kernelOutcome(exe, 0).resource(identifier, ""))
 }
