@@ -20,6 +20,7 @@ var allowed = map[string]bool{
 	"github.com/sessiond/sessiond/internal/agentapi":  true,
 	"github.com/sessiond/sessiond/internal/errkind":   true,
 	"github.com/sessiond/sessiond/internal/jupyter":   true,
+	"github.com/sessiond/sessiond/internal/loopback":  true,
 }
 
 // allowedModules are third-party module paths whose packages the agent may link:
