@@ -188,6 +188,9 @@ func testKernelResults(t *testing.T) {
 		{code: "import importlib.util; import sys; importlib.util.find_spec('debugpy') is not None and sys.modules.get('debugpy', 0) is not None", want: `true`},
 		// jedi is kept out of the start too (not loaded), and stays importable.
 		{code: "'jedi' in sys.modules or importlib.util.find_spec('jedi') is None", want: `false`},
+		// os.getpid answers from a cache: right in the kernel and in a child forked from it.
+		{code: "import os\nr, w = os.pipe()\nc = os.fork()\nif c == 0:\n    os.write(w, b'%d %d' % (os.getpid(), int(os.readlink('/proc/self'))))\n    os._exit(0)\n" +
+			"os.waitpid(c, 0)\n[int(x) for x in os.read(r, 64).split()] == [c, c] and os.getpid() == int(os.readlink('/proc/self'))", want: `true`},
 	} {
 		ex := run(t, ta, agentapi.ExecuteRequest{Code: tc.code, JupyterFormat: tc.jupyter})
 		if ex.Status != agentapi.StatusSucceeded || string(ex.Result) != tc.want || ex.Stdout != tc.stdout {
@@ -286,7 +289,9 @@ func testKernelResults(t *testing.T) {
 
 func testKernelTimeout(t *testing.T) {
 	ta := startKernelAgent(t)
-	run(t, ta, agentapi.ExecuteRequest{Code: "kept = 1"})
+	// A SIGINT handler of the user's own lasts for its execution (as in ipykernel): the
+	// next one is interruptible again.
+	run(t, ta, agentapi.ExecuteRequest{Code: "kept = 1\nimport signal\nsignal.signal(signal.SIGINT, lambda s, f: None)"})
 	for _, tc := range []struct {
 		name        string
 		code        string
