@@ -63,6 +63,8 @@ func benchAPI(ctx context.Context, g *globals, args []string) error {
 	fs.IntVar(&cfg.WarmBatch, "warm-batch", 5, "first executions per round; at most the pool's readySessionInstances")
 	fs.DurationVar(&cfg.WarmRefill, "refill-wait", 10*time.Second, "pause between rounds for the pool to refill")
 	fs.IntVar(&cfg.Existing, "existing", 200, "executions on one existing session")
+	fs.IntVar(&cfg.Paused, "paused", 20, "more executions on that session, each after -pause idle")
+	fs.DurationVar(&cfg.Pause, "pause", time.Second, "idle time before each -paused execution")
 	fs.IntVar(&cfg.Burst, "burst", 0, "new identifiers executing at once (0: skip)")
 	fs.IntVar(&cfg.Sessions, "sessions", 0, "sessions executing in a loop for -for (0: skip)")
 	fs.DurationVar(&cfg.ThroughputFor, "for", 10*time.Second, "how long the throughput scenario runs")
@@ -70,6 +72,9 @@ func benchAPI(ctx context.Context, g *globals, args []string) error {
 	output := fs.String("o", "table", "output: table or json")
 	if err := fs.Parse(args); err != nil {
 		return usageError{err.Error()}
+	}
+	if cfg.Paused < 0 || cfg.Pause < 0 {
+		return usageError{"-paused and -pause cannot be negative"}
 	}
 	res, err := bench.API(ctx, bench.NewAPIClient(*endpoint), cfg, g.Stderr)
 	if err != nil {

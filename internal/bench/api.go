@@ -113,8 +113,13 @@ type APIConfig struct {
 	Warm       int
 	WarmBatch  int
 	WarmRefill time.Duration
-	// Existing is how many executions are timed on one existing session.
+	// Existing is how many executions are timed on one existing session, back to back.
 	Existing int
+	// Paused is how many more are timed on that session, each after it sat idle for Pause:
+	// a sandbox taken from the ready queue has always been idle, and waking an idle
+	// sandbox costs time of its own (much more under gVisor than under runc).
+	Paused int
+	Pause  time.Duration
 	// Burst is how many new identifiers execute at once (0: skipped).
 	Burst int
 	// Throughput: Sessions sessions execute in a loop for ThroughputFor.
@@ -130,8 +135,14 @@ type APIResult struct {
 	Endpoint      string  `json:"endpoint"`
 	FirstExecWarm Summary `json:"firstExecutionWarmPool"`
 	ExistingExec  Summary `json:"executionExistingSession"`
-	// OverheadP50 is FirstExecWarm.P50 - ExistingExec.P50: what binding a new session costs.
+	// OverheadP50 is FirstExecWarm.P50 - ExistingExec.P50: what binding a new session costs
+	// over a session that is executing back to back.
 	OverheadP50 time.Duration `json:"newSessionOverheadP50"`
+	// PausedExec: executions on the existing session after Pause idle; OverheadIdleP50 is
+	// FirstExecWarm.P50 - PausedExec.P50, the cost of the binding itself.
+	Pause           time.Duration `json:"pause"`
+	PausedExec      Summary       `json:"executionExistingSessionAfterPause"`
+	OverheadIdleP50 time.Duration `json:"newSessionOverheadOverPausedP50"`
 	Burst       Summary       `json:"burst"`
 	// BurstWall is the time until the last of the burst finished.
 	BurstWall     time.Duration `json:"burstWall"`
@@ -202,9 +213,27 @@ func API(ctx context.Context, c *APIClient, cfg APIConfig, progress io.Writer) (
 		}
 		res.ExistingExec = Summarize(ds)
 		logf("existing-session executions: %d", cfg.Existing)
+		ds = ds[:0]
+		for i := 0; i < cfg.Paused; i++ {
+			if err := sleep(ctx, cfg.Pause); err != nil {
+				return res, err
+			}
+			d, err := c.Execute(ctx, id, "1+1", "2")
+			if err != nil {
+				return res, fmt.Errorf("execution on an existing session after a pause: %w", err)
+			}
+			ds = append(ds, d)
+		}
+		if cfg.Paused > 0 {
+			res.Pause, res.PausedExec = cfg.Pause, Summarize(ds)
+			logf("existing-session executions after %v idle: %d", cfg.Pause, cfg.Paused)
+		}
 	}
 	if res.FirstExecWarm.N > 0 && res.ExistingExec.N > 0 {
 		res.OverheadP50 = res.FirstExecWarm.P50 - res.ExistingExec.P50
+	}
+	if res.FirstExecWarm.N > 0 && res.PausedExec.N > 0 {
+		res.OverheadIdleP50 = res.FirstExecWarm.P50 - res.PausedExec.P50
 	}
 
 	if cfg.Burst > 0 {
@@ -344,13 +373,17 @@ func WriteAPITable(w io.Writer, r APIResult) {
 	for _, row := range []struct {
 		name string
 		s    Summary
-	}{{"first execution, new id, warm pool", r.FirstExecWarm}, {"execution, existing session", r.ExistingExec}, {"burst, per request", r.Burst}} {
+	}{{"first execution, new id, warm pool", r.FirstExecWarm}, {"execution, existing session", r.ExistingExec},
+		{fmt.Sprintf("existing session after %v idle", r.Pause), r.PausedExec}, {"burst, per request", r.Burst}} {
 		if row.s.N > 0 {
 			fmt.Fprintf(w, "%-34s %6d %8s %8s %8s %8s\n", row.name, row.s.N, ms(row.s.P50), ms(row.s.P95), ms(row.s.P99), ms(row.s.Max))
 		}
 	}
 	if r.FirstExecWarm.N > 0 && r.ExistingExec.N > 0 {
 		fmt.Fprintf(w, "new-session overhead (p50 difference): %s ms\n", ms(r.OverheadP50))
+	}
+	if r.FirstExecWarm.N > 0 && r.PausedExec.N > 0 {
+		fmt.Fprintf(w, "new-session overhead over a session idle for %v (p50 difference): %s ms\n", r.Pause, ms(r.OverheadIdleP50))
 	}
 	if r.Burst.N > 0 || r.BurstFailures > 0 {
 		fmt.Fprintf(w, "burst of %d: all done in %s ms, %d failures\n", r.Burst.N+r.BurstFailures, ms(r.BurstWall), r.BurstFailures)
