@@ -143,7 +143,7 @@ type APIResult struct {
 	Pause           time.Duration `json:"pause"`
 	PausedExec      Summary       `json:"executionExistingSessionAfterPause"`
 	OverheadIdleP50 time.Duration `json:"newSessionOverheadOverPausedP50"`
-	Burst       Summary       `json:"burst"`
+	Burst           Summary       `json:"burst"`
 	// BurstWall is the time until the last of the burst finished.
 	BurstWall     time.Duration `json:"burstWall"`
 	BurstFailures int           `json:"burstFailures"`
