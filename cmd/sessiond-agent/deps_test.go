@@ -114,4 +114,7 @@ func TestRunRejectsBadFlags(t *testing.T) {
 	if err := run([]string{"-no-such-flag"}); err == nil {
 		t.Error("run accepted an unknown flag")
 	}
+	if err := run([]string{"-cpus", "-1"}); err == nil || !strings.Contains(err.Error(), "-cpus") {
+		t.Errorf("run -cpus -1: %v, want an error naming -cpus", err)
+	}
 }

@@ -78,6 +78,9 @@ func buildSpec(p bundleParams) *specs.Spec {
 	if p.memGuard > 0 {
 		args = append(args, "-memory-limit", strconv.FormatInt(p.memGuard, 10))
 	}
+	if p.limits.CPUMillis > 0 {
+		args = append(args, "-cpus", strconv.FormatInt((p.limits.CPUMillis+999)/1000, 10))
+	}
 	if p.spec.Kernel != "" {
 		args = append(args, "-kernel", p.spec.Kernel)
 	}

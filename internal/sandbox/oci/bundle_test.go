@@ -29,6 +29,17 @@ func TestBuildSpecMainProcess(t *testing.T) {
 	}
 }
 
+// TestBuildSpecAgentCPUs: the agent runs its Go code on the sandbox's CPU quota, in whole
+// cores rounded up (gVisor shows it every host CPU).
+func TestBuildSpecAgentCPUs(t *testing.T) {
+	for millis, want := range map[int64]string{250: "1", 1000: "1", 1500: "2", 4000: "4"} {
+		args := strings.Join(buildSpec(bundleParams{limits: sandbox.Limits{CPUMillis: millis}}).Process.Args, " ") + " "
+		if !strings.Contains(args, " -cpus "+want+" ") {
+			t.Errorf("%d millicores: Args = %q, want -cpus %s", millis, args, want)
+		}
+	}
+}
+
 func TestValidateSpecUser(t *testing.T) {
 	for _, u := range []sandbox.User{{UID: -1}, {GID: userNSSize}, {UID: userNSSize}} {
 		err := validateSpec(sandbox.Spec{RootFS: "/", User: &u})
