@@ -38,12 +38,15 @@
 #   about 0.1 ms, and a stock `1+1` made about 35 getpid calls (ipykernel's fork checks on
 #   every send and flush, jupyter_client's message ids), 22 sigaction calls (ipykernel swaps
 #   the SIGINT handler around each request; the held interrupts below swapped it around
-#   each send) and a dozen ZeroMQ getsockopt calls (tornado's ZMQStream re-reading a
+#   each send) and about six ZeroMQ getsockopt calls (tornado's ZMQStream re-reading a
 #   socket's events around each queued send). Here os.getpid answers from a value renewed
 #   in every child forked from Python (os.register_at_fork), SIGINT goes to one handler
 #   installed once, which holds it or passes it on to the handler ipykernel would have
-#   installed, and the main thread sends a shell reply itself when nothing is queued
-#   before it instead of queueing it for the next turn of the event loop.
+#   installed (user code sees that handler from signal.getsignal during an execution,
+#   where ipykernel's shows default_int_handler), and the main thread sends a shell reply
+#   itself when nothing is queued before it instead of queueing it for the next turn of
+#   the event loop; the reply then leaves before the idle status instead of after it (the
+#   protocol allows both; the agent waits for both).
 # - Broadcasts nobody reads (ipykernel 6): the kernel's only client is the agent, which reads
 #   results, streams, errors, the reply and the idle status. The re-broadcast of each
 #   request's code (execute_input) and the busy status are not sent: under gVisor each
