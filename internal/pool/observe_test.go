@@ -104,6 +104,9 @@ func TestObserver(t *testing.T) {
 	fp.sync()
 	fp.clock.Advance(10 * time.Second)
 	waitFor(t, "the cooldown", func() bool { return len(fp.m.Sessions()) == 0 && fp.m.Counts().Deleting == 0 })
+	// The refills end before the phases are read: a worker reports its phases before its
+	// sandbox leaves Pending, so a create whose prepare is still running is not counted.
+	waitFor(t, "the refills", func() bool { c := fp.m.Counts(); return c.Pending == 0 && c.Ready == 1 })
 
 	for _, o := range []*recordingObserver{&o1, &o2} {
 		phases, allocations := o.get()
