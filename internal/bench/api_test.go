@@ -7,24 +7,13 @@ import (
 	"testing"
 	"time"
 
-	"go.uber.org/goleak"
-
 	"github.com/sessiond/sessiond/internal/api"
 	"github.com/sessiond/sessiond/internal/bench"
 	"github.com/sessiond/sessiond/internal/controlplane/controlplanetest"
 	"github.com/sessiond/sessiond/internal/pool"
 )
 
-func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m,
-		goleak.IgnoreTopFunction("net/http.(*persistConn).readLoop"),
-		goleak.IgnoreTopFunction("net/http.(*persistConn).writeLoop"),
-		goleak.Cleanup(func(int) {
-			if d := controlplanetest.AgentDir(); d != "" {
-				os.RemoveAll(d)
-			}
-		}))
-}
+func TestMain(m *testing.M) { controlplanetest.VerifyTestMain(m) }
 
 // TestAPI runs every scenario of the API benchmark, with small counts, against a real
 // control plane and API with real agents and kernels (Fake sandboxes), and checks that

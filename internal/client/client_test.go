@@ -7,12 +7,9 @@ import (
 	"errors"
 	"net/http"
 	"net/http/httptest"
-	"os"
 	"strings"
 	"testing"
 	"time"
-
-	"go.uber.org/goleak"
 
 	"github.com/sessiond/sessiond/internal/api"
 	"github.com/sessiond/sessiond/internal/client"
@@ -20,16 +17,7 @@ import (
 	"github.com/sessiond/sessiond/internal/pool"
 )
 
-func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m,
-		goleak.IgnoreTopFunction("net/http.(*persistConn).readLoop"),
-		goleak.IgnoreTopFunction("net/http.(*persistConn).writeLoop"),
-		goleak.Cleanup(func(int) {
-			if d := controlplanetest.AgentDir(); d != "" {
-				os.RemoveAll(d)
-			}
-		}))
-}
+func TestMain(m *testing.M) { controlplanetest.VerifyTestMain(m) }
 
 // server is a real control plane behind the real API, over Fake sandboxes.
 func server(t *testing.T, specs ...pool.Spec) (*controlplanetest.Env, *client.Client) {

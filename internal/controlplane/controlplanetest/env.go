@@ -8,7 +8,6 @@ package controlplanetest
 import (
 	"bytes"
 	"context"
-	"github.com/sessiond/sessiond/internal/events"
 	"os"
 	"path/filepath"
 	"slices"
@@ -16,8 +15,11 @@ import (
 	"testing"
 	"time"
 
+	"go.uber.org/goleak"
+
 	"github.com/sessiond/sessiond/internal/controlplane"
 	"github.com/sessiond/sessiond/internal/errkind"
+	"github.com/sessiond/sessiond/internal/events"
 	"github.com/sessiond/sessiond/internal/image"
 	"github.com/sessiond/sessiond/internal/image/imagetest"
 	"github.com/sessiond/sessiond/internal/pool"
@@ -79,6 +81,19 @@ func AgentBinary(t testing.TB) string {
 
 // AgentDir is the directory AgentBinary built into ("" if none).
 func AgentDir() string { return agent.dir }
+
+// VerifyTestMain runs a package's tests, fails them if goroutines outlive them (kept-alive
+// HTTP connections aside), and removes AgentDir.
+func VerifyTestMain(m *testing.M) {
+	goleak.VerifyTestMain(m,
+		goleak.IgnoreTopFunction("net/http.(*persistConn).readLoop"),
+		goleak.IgnoreTopFunction("net/http.(*persistConn).writeLoop"),
+		goleak.Cleanup(func(int) {
+			if d := AgentDir(); d != "" {
+				os.RemoveAll(d)
+			}
+		}))
+}
 
 // New starts a control plane with specs as its configuration file's pools. Specs
 // without an image get Images[0]; without a runtime, the Fake's name is not needed (the
