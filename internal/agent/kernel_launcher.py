@@ -119,6 +119,12 @@ for _m in _blocked:
     del sys.modules[_m]
 
 
+def _ipykernel6(obj, *names):
+    """Whether this is ipykernel 6 and obj has every attribute named: the changes below rely
+    on its internals, and leave any other version as it is."""
+    return ipykernel.__version__.startswith("6.") and all(hasattr(obj, n) for n in names)
+
+
 class _Interrupts:
     """SIGINT on the kernel's main thread: one Python handler, installed once, that holds an
     interrupt while a send is in progress and otherwise passes it to `inner`, the handler
@@ -195,8 +201,7 @@ _interrupts = _Interrupts()
 
 def _hooks():
     kb = kernelbase.Kernel
-    if not ipykernel.__version__.startswith("6.") or not all(
-            hasattr(kb, n) for n in ("pre_handler_hook", "post_handler_hook")):
+    if not _ipykernel6(kb, "pre_handler_hook", "post_handler_hook"):
         return
     kb.pre_handler_hook = lambda self: _interrupts.pre_handler_hook(self)
     kb.post_handler_hook = lambda self: _interrupts.post_handler_hook(self)
@@ -204,9 +209,8 @@ def _hooks():
 
 def _direct_iopub():
     pub, out = iostream.IOPubThread, iostream.OutStream
-    needed = ((pub, "_really_send"), (pub, "send_multipart"), (pub, "_handle_event"),
-              (pub, "_is_master_process"), (out, "_flush"), (out, "flush"))
-    if not ipykernel.__version__.startswith("6.") or not all(hasattr(c, n) for c, n in needed):
+    if not (_ipykernel6(pub, "_really_send", "send_multipart", "_handle_event",
+                        "_is_master_process") and _ipykernel6(out, "_flush", "flush")):
         return
     lock = threading.RLock()  # every send on the iopub socket and every stream flush
 
@@ -260,7 +264,7 @@ def _direct_iopub():
 
 def _no_control_flush():
     kb = kernelbase.Kernel
-    if not ipykernel.__version__.startswith("6.") or not hasattr(kb, "_flush_control_queue"):
+    if not _ipykernel6(kb, "_flush_control_queue"):
         return
 
     done = []  # one finished future, awaited as often as needed
@@ -276,8 +280,7 @@ def _no_control_flush():
 
 def _no_broadcasts():
     kb = kernelbase.Kernel
-    if not ipykernel.__version__.startswith("6.") or not all(
-            hasattr(kb, n) for n in ("_publish_execute_input", "_publish_status")):
+    if not _ipykernel6(kb, "_publish_execute_input", "_publish_status"):
         return
     publish_status = kb._publish_status
 
@@ -291,7 +294,7 @@ def _no_broadcasts():
 
 def _direct_replies():
     app = kernelapp.IPKernelApp
-    if not ipykernel.__version__.startswith("6.") or not hasattr(app, "init_kernel"):
+    if not _ipykernel6(app, "init_kernel"):
         return
     init_kernel = app.init_kernel
 
@@ -299,7 +302,7 @@ def _direct_replies():
         init_kernel(self)
         stream = getattr(self.kernel, "shell_stream", None)
         needed = ("_send_queue", "_send_callback", "_rebuild_io_state")
-        if stream is None or not all(hasattr(stream, n) for n in needed):
+        if stream is None or not _ipykernel6(stream, *needed):
             return
         queue = stream.send_multipart
 
