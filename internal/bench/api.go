@@ -113,7 +113,8 @@ type APIConfig struct {
 	Warm       int
 	WarmBatch  int
 	WarmRefill time.Duration
-	// Existing is how many executions are timed on one existing session, back to back.
+	// Existing is how many executions are timed on one existing session, back to back,
+	// after WarmRefill for the pool to replace what was taken.
 	Existing int
 	// Paused is how many more are timed on that session, each after it sat idle for Pause:
 	// a sandbox taken from the ready queue has always been idle, and waking an idle
@@ -201,6 +202,11 @@ func API(ctx context.Context, c *APIClient, cfg APIConfig, progress io.Writer) (
 		id := NewIdentifier("bench-existing-")
 		cleanup = append(cleanup, id)
 		if _, err := c.Execute(ctx, id, "1+1", "2"); err != nil {
+			return res, err
+		}
+		// The pool replaces the sandboxes the warm rounds and this session took: the
+		// executions below are timed once that is done, on an otherwise idle machine.
+		if err := sleep(ctx, cfg.WarmRefill); err != nil {
 			return res, err
 		}
 		var ds []time.Duration
