@@ -11,6 +11,7 @@ import (
 
 	"github.com/sessiond/sessiond/internal/agentapi"
 	"github.com/sessiond/sessiond/internal/errkind"
+	"github.com/sessiond/sessiond/internal/sandbox"
 	"github.com/sessiond/sessiond/internal/sandbox/oci"
 	"github.com/sessiond/sessiond/internal/sandbox/sandboxtest"
 )
@@ -202,7 +203,7 @@ func run(ctx context.Context, t *testing.T, l *Lease, shell string) agentapi.Exe
 	return res
 }
 
-func liveIDs(t *testing.T, rt *oci.Runtime) []string {
+func liveIDs(t *testing.T, rt sandbox.Runtime) []string {
 	t.Helper()
 	infos, err := rt.List(context.Background())
 	if err != nil {
