@@ -414,7 +414,6 @@ func (a *Agent) routes() http.Handler {
 	mux.Handle("POST "+agentapi.PathFilesMkdir, a.handle(a.handleMkdir))
 	if a.kernel != nil {
 		mux.Handle("GET "+agentapi.PathKernel, a.handle(a.handleKernelInfo))
-		mux.Handle("POST "+agentapi.PathKernelPing, a.handle(a.handleKernelPing))
 		mux.Handle("POST "+agentapi.PathKernelExecutions, a.handle(a.handleExecute))
 		mux.Handle("GET "+agentapi.PathKernelExecutionPrefix+"{id}", a.handle(a.handleGetExecution))
 		mux.Handle("POST "+agentapi.PathKernelInterrupt, a.handle(a.handleInterrupt))

@@ -34,9 +34,6 @@ const (
 	// interruptGrace is how long an interrupted kernel gets to stop the running code
 	// (ipykernel raises KeyboardInterrupt) before it is killed and replaced.
 	interruptGrace = 2 * time.Second
-	// pingTimeout bounds a ping's kernel_info round trip (an idle kernel answers in
-	// milliseconds); run serves nothing else meanwhile.
-	pingTimeout = 2 * time.Second
 	// maxStartBackoff caps the wait between failed kernel starts.
 	maxStartBackoff = 30 * time.Second
 	// restartNote begins the stderr of the first execution after a kernel died on its
@@ -79,7 +76,6 @@ type kernelSup struct {
 	maxDisplay   int // bytes of rich output kept per execution
 
 	restartc chan chan error // restart requests, answered by run
-	pingc    chan chan error // pings, answered by run while it waits for work
 	wake     chan struct{}   // capacity 1: an execution was queued
 	stop     chan struct{}   // closed by close
 	done     chan struct{}   // closed when run returns
@@ -123,7 +119,6 @@ func (a *Agent) newKernelSup(logs *ring) *kernelSup {
 		startTimeout: kernelStartTimeout,
 		maxDisplay:   cmp.Or(a.kernelMaxDisplay, agentapi.MaxDisplayBytes),
 		restartc:     make(chan chan error),
-		pingc:        make(chan chan error),
 		wake:         make(chan struct{}, 1),
 		stop:         make(chan struct{}),
 		done:         make(chan struct{}),
@@ -190,32 +185,8 @@ func (s *kernelSup) run() {
 		case reply := <-s.restartc:
 			s.replaced(false)
 			reply <- s.startKernel()
-		case reply := <-s.pingc:
-			reply <- s.k.ping()
 		case <-s.wake:
 		}
-	}
-}
-
-// ping makes a kernel_info round trip through the kernel if run is waiting for work, so
-// that a kernel which stopped answering is noticed before code is sent to it (and so that
-// the kernel's threads do not sit idle for minutes before a session's first execution:
-// under gVisor a long-idle sandbox answers its first request several milliseconds
-// slower). A kernel that is starting or running code is not asked: ping returns nil.
-func (s *kernelSup) ping(ctx context.Context) error {
-	reply := make(chan error, 1)
-	select {
-	case s.pingc <- reply:
-	case <-s.done:
-		return errkind.New(errkind.Unavailable, "the agent is shutting down")
-	default:
-		return nil
-	}
-	select {
-	case err := <-reply:
-		return err
-	case <-ctx.Done():
-		return ctx.Err()
 	}
 }
 
@@ -510,16 +481,6 @@ func (k *kernelProc) connect(ctx context.Context) (jupyter.KernelInfo, string, e
 		}
 	}
 	return ki, version, nil
-}
-
-// ping makes a kernel_info round trip, for kernelSup.ping.
-func (k *kernelProc) ping() error {
-	ctx, cancel := context.WithTimeout(context.Background(), pingTimeout)
-	defer cancel()
-	if _, err := k.client.KernelInfo(ctx); err != nil {
-		return errkind.New(errkind.Unavailable, "the kernel did not answer kernel_info: %v", err)
-	}
-	return nil
 }
 
 // kill kills the kernel's process group, waits for the leader's exit, closes the client

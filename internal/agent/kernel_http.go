@@ -108,13 +108,6 @@ func (a *Agent) handleKernelInfo(w http.ResponseWriter, r *http.Request) error {
 	return writeJSON(w, http.StatusOK, a.kernel.kernelInfo())
 }
 
-func (a *Agent) handleKernelPing(w http.ResponseWriter, r *http.Request) error {
-	if err := a.kernel.ping(r.Context()); err != nil {
-		return err
-	}
-	return writeJSON(w, http.StatusOK, a.kernel.kernelInfo())
-}
-
 func (a *Agent) handleInterrupt(w http.ResponseWriter, r *http.Request) error {
 	a.kernel.interruptRunning()
 	return writeJSON(w, http.StatusOK, a.kernel.kernelInfo())

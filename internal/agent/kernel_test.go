@@ -79,7 +79,6 @@ func TestKernel(t *testing.T) {
 		"async and queue": testKernelAsyncAndQueue,
 		"client gone":     testKernelClientGone,
 		"interrupt races": testKernelInterruptRaces,
-		"ping":            testKernelPing,
 	} {
 		t.Run(name, func(t *testing.T) {
 			t.Parallel()
@@ -356,56 +355,6 @@ func testKernelKilled(t *testing.T) {
 	}
 	if ki := waitKernel(t, ta, func(agentapi.KernelInfo) bool { return true }); ki.Restarts != 2 {
 		t.Errorf("restarts = %d, want 2", ki.Restarts)
-	}
-}
-
-// testKernelPing: a ping is a round trip through an idle kernel, answers at once while the
-// kernel runs code, and fails when the kernel does not answer; none of it disturbs the
-// executions around it.
-func testKernelPing(t *testing.T) {
-	ta := startKernelAgent(t)
-	if ki, err := ta.client.PingKernel(ctxFor(t, 10*time.Second)); err != nil || ki.State != "idle" {
-		t.Fatalf("ping of an idle kernel: %+v, %v", ki, err)
-	}
-
-	ex := run(t, ta, agentapi.ExecuteRequest{Code: "import time\ntime.sleep(30)", Async: true})
-	waitKernel(t, ta, func(ki agentapi.KernelInfo) bool { return ki.State == "busy" })
-	t0 := time.Now()
-	if ki, err := ta.client.PingKernel(ctxFor(t, 10*time.Second)); err != nil || ki.State != "busy" {
-		t.Errorf("ping of a busy kernel: %+v, %v", ki, err)
-	}
-	if d := time.Since(t0); d > time.Second {
-		t.Errorf("ping of a busy kernel took %v: it should not wait for the execution", d)
-	}
-	if err := ta.client.Interrupt(ctxFor(t, 10*time.Second)); err != nil {
-		t.Fatal(err)
-	}
-	waitKernel(t, ta, func(ki agentapi.KernelInfo) bool { return ki.State == "idle" })
-	if got, err := ta.client.GetExecution(ctxFor(t, 10*time.Second), ex.ID); err != nil || got.Status == agentapi.StatusRunning {
-		t.Fatalf("interrupted execution: %+v, %v", got, err)
-	}
-
-	// A kernel that stops answering (stopped, as a wedged one would be) fails the ping
-	// within its timeout; once it answers again, so does the ping, and code runs as before.
-	pid := kernelPid(ta)
-	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
-		t.Fatal(err)
-	}
-	t0 = time.Now()
-	_, err := ta.client.PingKernel(ctxFor(t, 10*time.Second))
-	d := time.Since(t0)
-	syscall.Kill(pid, syscall.SIGCONT)
-	if err == nil || !strings.Contains(err.Error(), "did not answer") {
-		t.Errorf("ping of a stopped kernel: %v, want an error saying it did not answer", err)
-	}
-	if d < pingTimeout || d > pingTimeout+3*time.Second {
-		t.Errorf("ping of a stopped kernel failed after %v, want about %v", d, pingTimeout)
-	}
-	if _, err := ta.client.PingKernel(ctxFor(t, 10*time.Second)); err != nil {
-		t.Errorf("ping after the kernel resumed: %v", err)
-	}
-	if ex := run(t, ta, agentapi.ExecuteRequest{Code: "6*7"}); ex.Status != agentapi.StatusSucceeded || string(ex.Result) != "42" || kernelPid(ta) != pid {
-		t.Errorf("execution after the pings: %+v (kernel pid %d, was %d)", ex, kernelPid(ta), pid)
 	}
 }
 

@@ -237,16 +237,6 @@ func (c *Client) KernelInfo(ctx context.Context) (KernelInfo, error) {
 	return ki, nil
 }
 
-// PingKernel makes a round trip through the kernel, if it is idle (see PathKernelPing):
-// it fails if the kernel does not answer.
-func (c *Client) PingKernel(ctx context.Context) (KernelInfo, error) {
-	var ki KernelInfo
-	if err := c.doJSON(ctx, http.MethodPost, PathKernelPing, nil, nil, &ki, MaxSmallResponse); err != nil {
-		return KernelInfo{}, fmt.Errorf("agent kernel ping: %w", err)
-	}
-	return ki, nil
-}
-
 // Interrupt interrupts the running execution, if any.
 func (c *Client) Interrupt(ctx context.Context) error {
 	if err := c.doJSON(ctx, http.MethodPost, PathKernelInterrupt, nil, nil, nil, MaxSmallResponse); err != nil {

@@ -14,9 +14,6 @@ const (
 	PathKernelInterrupt = "/v1/kernel/interrupt"
 	// PathKernelRestart: POST replaces the kernel with a fresh one (state is lost).
 	PathKernelRestart = "/v1/kernel/restart"
-	// PathKernelPing: POST asks an idle kernel for its kernel_info and answers the kernel's
-	// state once it has replied; a kernel that is starting or running code is not asked.
-	PathKernelPing = "/v1/kernel/ping"
 )
 
 // Kernel limits.

@@ -11,7 +11,6 @@ import (
 
 	"github.com/sessiond/sessiond/internal/agentapi"
 	"github.com/sessiond/sessiond/internal/errkind"
-	"github.com/sessiond/sessiond/internal/sandbox"
 	"github.com/sessiond/sessiond/internal/sandbox/oci"
 	"github.com/sessiond/sessiond/internal/sandbox/sandboxtest"
 )
@@ -203,7 +202,7 @@ func run(ctx context.Context, t *testing.T, l *Lease, shell string) agentapi.Exe
 	return res
 }
 
-func liveIDs(t *testing.T, rt sandbox.Runtime) []string {
+func liveIDs(t *testing.T, rt *oci.Runtime) []string {
 	t.Helper()
 	infos, err := rt.List(context.Background())
 	if err != nil {

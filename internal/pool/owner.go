@@ -181,11 +181,8 @@ func (m *Manager) step() {
 			m.st.apply(a, "", now)
 			m.spawn(func() event { return m.destroy(a.ID) })
 		case actProbe:
-			// A ready sandbox's kernel is probed too; an allocated one's is the user's.
-			b := m.st.byID[a.ID]
-			kernel := m.tmpl.kernel != "" && b != nil && b.State == StateReady
 			m.st.apply(a, "", now)
-			m.spawn(func() event { return m.probe(a.ID, kernel) })
+			m.spawn(func() event { return m.probe(a.ID) })
 		}
 	}
 	m.arm(wake, now)
@@ -327,21 +324,12 @@ func (m *Manager) destroy(id string) event {
 	return event{kind: evDestroyed, id: id, err: m.rt.Destroy(context.WithoutCancel(m.life), id)}
 }
 
-// probe checks a sandbox's agent and, with kernel, makes a round trip through its kernel
-// (agentapi.Client.PingKernel): a ready sandbox whose kernel stopped answering is
-// replaced before a session gets it, and its kernel does not sit idle between the
-// sandbox's warm-up and its first execution (under gVisor a sandbox idle for a minute
-// answers that execution several milliseconds slower than one idle for a second).
-func (m *Manager) probe(id string, kernel bool) event {
+func (m *Manager) probe(id string) event {
 	ctx, cancel := context.WithTimeout(m.life, probeTimeout)
 	defer cancel()
-	ag := m.rt.Agent(id)
-	h, err := ag.Health(ctx)
+	h, err := m.rt.Agent(id).Health(ctx)
 	if err == nil {
 		err = exited(h) // a sandbox whose container exited is dead at once
-	}
-	if err == nil && kernel {
-		_, err = ag.PingKernel(ctx)
 	}
 	return event{kind: evProbed, id: id, err: err}
 }
