@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/sessiond/sessiond/internal/agentapi"
 	"github.com/sessiond/sessiond/internal/auth"
 	"github.com/sessiond/sessiond/internal/errkind"
 	"github.com/sessiond/sessiond/internal/pool"
@@ -29,9 +30,17 @@ var proxyRoute = route{op: "ContainerProxy", scope: scopePool, versionOptional: 
 // reservedSegment starts the paths sessiond answers itself on every pool.
 const reservedSegment = ".management"
 
-// exitCheckTimeout bounds the health check that tells a container that exited from one
+// exitCheckTimeout bounds the health checks that tell a container that exited from one
 // that is only not listening.
 const exitCheckTimeout = 2 * time.Second
+
+// exitGrace is how long a container that closed a connection is watched for an exit: a
+// process that is exiting closes its sockets before its parent (the agent) reaps it.
+// exitPoll is the interval between the health checks in that time.
+const (
+	exitGrace = 300 * time.Millisecond
+	exitPoll  = 20 * time.Millisecond
+)
 
 // sessionEnder is what a pool may offer to end a session whose container the proxy found
 // exited (controlplane.Pool does); without it the pool's own health checks end it.
@@ -124,20 +133,43 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, c *call) error 
 	return err
 }
 
-// endIfExited checks, after the container could not be reached, whether it has exited;
-// if so it ends the session at once (so that the identifier's next request gets a new
-// one) and returns the error that says so.
+// endIfExited checks, after the container could not be reached, whether it has exited or
+// exits within exitGrace; if so it ends the session at once (so that the identifier's next
+// request gets a new one) and returns the error that says so.
 func (s *Server) endIfExited(ctx context.Context, c *call, lease *pool.Lease) error {
 	ctx, cancel := context.WithTimeout(ctx, exitCheckTimeout)
 	defer cancel()
-	h, err := lease.Agent.Health(ctx)
-	if err != nil || h.Main == nil || h.Main.Running {
+	state, ok := exitedWithin(ctx, lease.Agent, exitGrace)
+	if !ok {
 		return nil
 	}
-	exit := &pool.ExitedError{State: *h.Main}
+	exit := &pool.ExitedError{State: state}
 	if e, ok := c.pool.(sessionEnder); ok {
 		e.End(ctx, lease.Session.SandboxID, exit)
 	}
 	return &errkind.Error{Kind: errkind.Unavailable, Public: true, Err: exit,
 		Msg: fmt.Sprintf("The session's container has ended (%s), and the session with it; the next request with this identifier gets a new session.", exit)}
+}
+
+// exitedWithin polls ag's health until its main process has exited (returning its state)
+// or grace has passed, a health check failed, or ctx ended (returning false).
+func exitedWithin(ctx context.Context, ag *agentapi.Client, grace time.Duration) (agentapi.ProcessState, bool) {
+	deadline := time.Now().Add(grace)
+	for {
+		h, err := ag.Health(ctx)
+		if err != nil || h.Main == nil {
+			return agentapi.ProcessState{}, false
+		}
+		if !h.Main.Running {
+			return *h.Main, true
+		}
+		if time.Now().Add(exitPoll).After(deadline) {
+			return agentapi.ProcessState{}, false
+		}
+		select {
+		case <-ctx.Done():
+			return agentapi.ProcessState{}, false
+		case <-time.After(exitPoll):
+		}
+	}
 }
