@@ -11,10 +11,11 @@ TEST_TIMEOUT ?= 20m
 
 all: build
 
-## build: the control plane and the static agent into bin/
+## build: the control plane, the static agent and the kernel preload library into bin/
 build:
 	$(GO) build -ldflags "-X main.version=$(VERSION)" -o bin/sessiond ./cmd/sessiond
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w" -o bin/sessiond-agent ./cmd/sessiond-agent
+	$(CC) -O2 -Wall -Wextra -Werror -shared -fPIC -o bin/sessiond-kernel-preload.so internal/agent/preload/kernel_preload.c
 
 ## deps: runc, runsc, mmdebstrap and friends (scripts/install-deps.sh)
 deps:

@@ -3,7 +3,7 @@
 // a unix socket. This file only turns flags into an agent.Config; everything else is in
 // internal/agent.
 //
-//	sessiond-agent [-socket PATH] [-data-dir DIR] [-uid N] [-gid N] [-home DIR] [-workdir DIR] [-main-user UID:GID] [-kernel python3] [-max-tunnels N] [-cpus N] [-- COMMAND [ARG...]]
+//	sessiond-agent [-socket PATH] [-data-dir DIR] [-uid N] [-gid N] [-home DIR] [-workdir DIR] [-main-user UID:GID] [-kernel python3] [-kernel-preload LIB] [-max-tunnels N] [-cpus N] [-- COMMAND [ARG...]]
 //
 // COMMAND, if given, is the sandbox's main process, run as the unprivileged user or as
 // -main-user.
@@ -47,6 +47,7 @@ func run(args []string) error {
 	fs.Int64Var(&cfg.MemoryLimit, "memory-limit", 0, "kill the largest process when all processes together hold more resident bytes (0: off)")
 	fs.StringVar(&cfg.KernelDir, "kernel-dir", "", "directory for the kernel's connection file (default /run/sessiond-kernel)")
 	fs.StringVar(&cfg.Kernel, "kernel", "", "Jupyter kernel to supervise (python3), for code-interpreter sandboxes")
+	fs.StringVar(&cfg.KernelPreload, "kernel-preload", "", "shared library the kernel process starts with (LD_PRELOAD), hidden from user code")
 	fs.IntVar(&cfg.MaxTunnels, "max-tunnels", agent.DefaultMaxTunnels, "most tunnels to the sandbox's loopback open at once")
 	cpus := fs.Int("cpus", 0, "the sandbox's CPU quota in whole cores, rounded up: the agent's Go code runs on that many threads (0: as many as the CPUs it sees)")
 	fs.Func("main-user", "UID:GID the main command runs as (default: -uid and -gid; 0:0 is the sandbox's root)", func(v string) error {

@@ -69,6 +69,12 @@ type Config struct {
 	// is replaced) and serves executions on it (agentapi.PathKernel...). The only kernel
 	// is KernelPython3 (ipykernel, run by the python3 in the user's PATH).
 	Kernel string
+	// KernelPreload, if not empty, is a shared library the kernel process starts with
+	// (LD_PRELOAD): sessiond's kernel preload (preload/kernel_preload.c), which answers
+	// getpid without a system call. The launcher removes it from the environment that
+	// user code sees. If the file does not exist, the kernel starts without it (a warning
+	// says so).
+	KernelPreload string
 	// KernelDir holds the kernel's connection file (with its signing key): created 0700
 	// and owned by the user; default /run/sessiond-kernel.
 	KernelDir string

@@ -30,6 +30,9 @@ import (
 // behind, or left the process a child subreaper.
 func TestMain(m *testing.M) {
 	code := m.Run()
+	if preloadDir != "" {
+		os.RemoveAll(preloadDir)
+	}
 	if code == 0 {
 		if err := checkLeaks(); err != nil {
 			fmt.Fprintln(os.Stderr, err)

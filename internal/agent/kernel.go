@@ -60,6 +60,22 @@ func pythonKernelArgv(connFile string) []string {
 	return []string{"python3", "-c", pythonLauncher, "-f", connFile, "--HistoryManager.enabled=False", "--IPythonKernel._execute_sleep=0"}
 }
 
+// preloadEnv names the variable that tells the launcher which LD_PRELOAD entry is the
+// agent's, to remove.
+const preloadEnv = "SESSIOND_KERNEL_PRELOAD"
+
+// withPreload returns env with lib first in LD_PRELOAD, before what the user's
+// environment preloads, and preloadEnv set to lib.
+func withPreload(env []string, lib string) []string {
+	value := lib
+	for _, kv := range env {
+		if old, ok := strings.CutPrefix(kv, "LD_PRELOAD="); ok && old != "" {
+			value = lib + ":" + old
+		}
+	}
+	return mergeEnv(env, []string{"LD_PRELOAD=" + value, preloadEnv + "=" + lib})
+}
+
 // kernelSup supervises the code-interpreter kernel and runs executions on it, one at a
 // time, from a FIFO queue. One goroutine (run) owns the kernel process and the client
 // connected to it; HTTP handlers only queue executions, read state and send requests to
@@ -71,6 +87,7 @@ type kernelSup struct {
 	dir  string
 	// argv returns the kernel command for a connection file.
 	argv         func(connFile string) []string
+	preload      string // Config.KernelPreload, if the file exists
 	grace        time.Duration
 	startTimeout time.Duration
 	maxDisplay   int // bytes of rich output kept per execution
@@ -109,12 +126,21 @@ func (a *Agent) newKernelSup(logs *ring) *kernelSup {
 	if argv == nil {
 		argv = pythonKernelArgv
 	}
+	log := a.log.With("kernel", a.cfg.Kernel)
+	preload := a.cfg.KernelPreload
+	if preload != "" {
+		if _, err := os.Stat(preload); err != nil {
+			log.Warn("the kernel starts without its preload library", "err", err)
+			preload = ""
+		}
+	}
 	return &kernelSup{
 		a:            a,
-		log:          a.log.With("kernel", a.cfg.Kernel),
+		log:          log,
 		logs:         logs,
 		dir:          a.cfg.KernelDir,
 		argv:         argv,
+		preload:      preload,
 		grace:        interruptGrace,
 		startTimeout: kernelStartTimeout,
 		maxDisplay:   cmp.Or(a.kernelMaxDisplay, agentapi.MaxDisplayBytes),
@@ -380,7 +406,11 @@ func (s *kernelSup) spawn() (*kernelProc, error) {
 	if err := info.WriteFile(connFile, a.switchUser, a.cfg.UID, a.cfg.GID); err != nil {
 		return nil, err
 	}
-	pid, done, console, err := a.spawnConsole(s.argv(connFile), mergeEnv(a.env[asUser], kernelEnv), a.cfg.DataDir, a.cred)
+	env := mergeEnv(a.env[asUser], kernelEnv)
+	if s.preload != "" {
+		env = withPreload(env, s.preload)
+	}
+	pid, done, console, err := a.spawnConsole(s.argv(connFile), env, a.cfg.DataDir, a.cred)
 	if err != nil {
 		os.Remove(connFile)
 		return nil, err

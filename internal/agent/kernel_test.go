@@ -10,6 +10,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -18,6 +20,7 @@ import (
 
 	"github.com/sessiond/sessiond/internal/agentapi"
 	"github.com/sessiond/sessiond/internal/errkind"
+	"github.com/sessiond/sessiond/internal/sandbox/sandboxtest"
 )
 
 // kernelPython returns a python3 that can import ipykernel (and the packages want
@@ -67,6 +70,32 @@ var (
 	pythonPath string
 )
 
+// kernelPreload builds the kernel preload library, once per test binary, into a
+// directory that TestMain removes, and returns its path.
+func kernelPreload(t testing.TB) string {
+	t.Helper()
+	preloadOnce.Do(func() {
+		if preloadDir, preloadErr = os.MkdirTemp("", "sessiond-preload-"); preloadErr != nil {
+			return
+		}
+		if preloadErr = os.Chmod(preloadDir, 0o755); preloadErr != nil { // the kernel's user loads it
+			return
+		}
+		preloadPath = filepath.Join(preloadDir, agentapi.KernelPreloadName)
+		preloadErr = sandboxtest.BuildKernelPreload(preloadPath)
+	})
+	if preloadErr != nil {
+		t.Fatal(preloadErr)
+	}
+	return preloadPath
+}
+
+var (
+	preloadOnce             sync.Once
+	preloadDir, preloadPath string
+	preloadErr              error
+)
+
 // TestKernel runs the tests against a real ipykernel, in parallel with one another but
 // not with the package's other tests: kernels are CPU-hungry, and exec tests that drain
 // output within 100ms of a command's exit are sensitive to a loaded machine.
@@ -79,6 +108,7 @@ func TestKernel(t *testing.T) {
 		"async and queue": testKernelAsyncAndQueue,
 		"client gone":     testKernelClientGone,
 		"interrupt races": testKernelInterruptRaces,
+		"preload":         testKernelPreload,
 	} {
 		t.Run(name, func(t *testing.T) {
 			t.Parallel()
@@ -87,12 +117,22 @@ func TestKernel(t *testing.T) {
 	}
 }
 
-// startKernelAgent serves an agent with a real ipykernel and waits until it is ready.
+// startKernelAgent serves an agent with a real ipykernel, started with the kernel
+// preload as in a sandbox, and waits until it is ready.
 func startKernelAgent(t testing.TB, want ...string) *testAgent {
 	t.Helper()
+	return startKernelAgentWith(t, nil, want...)
+}
+
+// startKernelAgentWith is startKernelAgent with adjust, if not nil, called on the agent
+// before it serves.
+func startKernelAgentWith(t testing.TB, adjust func(*Agent), want ...string) *testAgent {
+	t.Helper()
 	py := kernelPython(t, want...)
+	preload := kernelPreload(t)
 	a, base := newAgent(t, func(c *Config) {
 		c.Kernel = KernelPython3
+		c.KernelPreload = preload
 		c.KernelDir = filepath.Join(os.TempDir(), "sessiond-kernel-test") // shared, 0700
 		c.Home = filepath.Join(os.TempDir(), "sessiond-kernel-home")
 	})
@@ -106,6 +146,9 @@ func startKernelAgent(t testing.TB, want ...string) *testAgent {
 		argv := pythonKernelArgv(connFile)
 		argv[0] = py // the launcher the agent uses, with the host's Debian python3
 		return argv
+	}
+	if adjust != nil {
+		adjust(a)
 	}
 	ta := serve(t, a, base)
 	waitKernel(t, ta, func(ki agentapi.KernelInfo) bool { return ki.State == "idle" })
@@ -522,5 +565,74 @@ func TestKernelStartFailure(t *testing.T) {
 	}
 	if _, err := ta.client.Health(ctxFor(t, 5*time.Second)); err != nil {
 		t.Errorf("Health: %v", err)
+	}
+}
+
+// testKernelPreload: the kernel process runs with the preload library, whose getpid gives
+// the process's own pid, and a forked child's its own; user code and the processes it
+// starts do not see it in their environment.
+func testKernelPreload(t *testing.T) {
+	ta := startKernelAgent(t)
+	code := `import ctypes, os, subprocess
+libc = ctypes.CDLL(None)
+def kernel_pid():
+    return int(open("/proc/self/stat").read().split()[0])
+print("mapped", any(l.rstrip().endswith("/` + agentapi.KernelPreloadName + `") for l in open("/proc/self/maps")))
+print("pid", libc.getpid() == os.getpid() == kernel_pid())
+r, w = os.pipe()
+child = os.fork()
+if child == 0:
+    os.write(w, b"%d %d" % (libc.getpid(), kernel_pid()))
+    os._exit(0)
+os.waitpid(child, 0)
+got, real = os.read(r, 100).split()
+print("child", got == real and int(real) == child)
+print("env", os.environ.get("LD_PRELOAD"), "SESSIOND_KERNEL_PRELOAD" in os.environ)
+print("subprocess", repr(subprocess.run(["sh", "-c", "echo $LD_PRELOAD"], capture_output=True, text=True).stdout))
+`
+	res := run(t, ta, agentapi.ExecuteRequest{Code: code})
+	want := "mapped True\npid True\nchild True\nenv None False\nsubprocess '\\n'\n"
+	if res.Status != agentapi.StatusSucceeded || res.Stdout != want {
+		t.Errorf("status %s, stdout:\n%s\nstderr: %s\nwant stdout:\n%s", res.Status, res.Stdout, res.Stderr, want)
+	}
+}
+
+// TestLauncherDropPreload: the launcher takes the agent's library out of LD_PRELOAD and
+// leaves what the user's environment preloads.
+func TestLauncherDropPreload(t *testing.T) {
+	py := kernelPython(t)
+	def := regexp.MustCompile(`(?ms)^def _drop_preload\(\):\n.*?\n\n`).FindString(pythonLauncher)
+	if def == "" {
+		t.Fatal("no _drop_preload in the launcher")
+	}
+	for _, tc := range []struct{ ours, preload, want string }{
+		{"/.sessiond/k.so", "/.sessiond/k.so", "None"},
+		{"/.sessiond/k.so", "/.sessiond/k.so:libm.so.6", "'libm.so.6'"},
+		{"/.sessiond/k.so", "/.sessiond/k.so:/a.so:/b.so", "'/a.so:/b.so'"},
+		{"", "libm.so.6", "'libm.so.6'"},                                // no preload of the agent's
+		{"/.sessiond/k.so", "libm.so.6", "'libm.so.6'"},                 // replaced by someone else
+		{"/.sessiond/k.so", "/.sessiond/k.so.2", "'/.sessiond/k.so.2'"}, // not ours
+	} {
+		cmd := exec.Command(py, "-c", "import os\n"+def+"_drop_preload()\nprint(repr(os.environ.get('LD_PRELOAD')), 'SESSIOND_KERNEL_PRELOAD' in os.environ)")
+		// ld.so says on stderr that it cannot find these libraries, and carries on.
+		cmd.Env = []string{"LD_PRELOAD=" + tc.preload, preloadEnv + "=" + tc.ours, "PATH=/usr/bin:/bin"}
+		out, err := cmd.Output()
+		if got, want := strings.TrimSpace(string(out)), tc.want+" False"; err != nil || got != want {
+			t.Errorf("LD_PRELOAD=%s, ours %q: %s (%v), want %s", tc.preload, tc.ours, got, err, want)
+		}
+	}
+}
+
+// TestWithPreload: the agent's library comes first in LD_PRELOAD, before the user's.
+func TestWithPreload(t *testing.T) {
+	got := withPreload([]string{"A=1", "LD_PRELOAD=libm.so.6"}, "/k.so")
+	want := []string{"A=1", "LD_PRELOAD=/k.so:libm.so.6", preloadEnv + "=/k.so"}
+	if !slices.Equal(got, want) {
+		t.Errorf("with a user preload: %q, want %q", got, want)
+	}
+	got = withPreload([]string{"A=1"}, "/k.so")
+	want = []string{"A=1", "LD_PRELOAD=/k.so", preloadEnv + "=/k.so"}
+	if !slices.Equal(got, want) {
+		t.Errorf("without: %q, want %q", got, want)
 	}
 }

@@ -21,6 +21,11 @@ const (
 	SocketDir  = "/run/sessiond"
 	// AgentPath is where the runtime bind-mounts the agent binary (read-only) in the sandbox.
 	AgentPath = "/.sessiond/agent"
+	// KernelPreloadPath is where the runtime bind-mounts the kernel preload library
+	// (read-only) in code-interpreter sandboxes; KernelPreloadName is its file name beside
+	// the agent binary on the host.
+	KernelPreloadPath = "/.sessiond/kernel-preload.so"
+	KernelPreloadName = "sessiond-kernel-preload.so"
 	// DataDir is the per-session working directory that the files API serves.
 	DataDir = "/mnt/data"
 )

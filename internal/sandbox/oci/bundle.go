@@ -49,6 +49,7 @@ type bundleParams struct {
 	rwDir    string // host dir holding data/, tmp/, home/
 	sockDir  string // host dir mounted at agentapi.SocketDir
 	agentBin string
+	preload  string // host path of the kernel preload; "" for none
 	userNS   bool
 	uidBase  uint32
 	seccomp  bool
@@ -83,6 +84,9 @@ func buildSpec(p bundleParams) *specs.Spec {
 	}
 	if p.spec.Kernel != "" {
 		args = append(args, "-kernel", p.spec.Kernel)
+		if p.preload != "" {
+			args = append(args, "-kernel-preload", agentapi.KernelPreloadPath)
+		}
 	}
 	if p.spec.WorkingDir != "" {
 		args = append(args, "-workdir", p.spec.WorkingDir)
@@ -181,6 +185,9 @@ func mounts(p bundleParams) []specs.Mount {
 		{Destination: homeDir, Type: "bind", Source: filepath.Join(p.rwDir, "home"), Options: append([]string{"rbind", "rw"}, nosuid...)},
 		{Destination: agentapi.SocketDir, Type: "bind", Source: p.sockDir, Options: append([]string{"rbind", "rw", "noexec"}, nosuid...)},
 		{Destination: agentapi.AgentPath, Type: "bind", Source: p.agentBin, Options: append([]string{"bind", "ro"}, nosuid...)},
+	}
+	if p.preload != "" {
+		ms = append(ms, specs.Mount{Destination: agentapi.KernelPreloadPath, Type: "bind", Source: p.preload, Options: append([]string{"bind", "ro"}, nosuid...)})
 	}
 	if p.sysfs != "" {
 		for i := range ms {

@@ -71,6 +71,18 @@ func TestCodeInterpreter(t *testing.T) {
 				}
 			})
 
+			t.Run("Preload", func(t *testing.T) {
+				// The kernel runs with the preload library (getpid from memory), which user
+				// code does not see in its environment.
+				r := code(t, ag, "import ctypes, os\n"+
+					"mapped = any(l.rstrip().endswith(' "+agentapi.KernelPreloadPath+"') for l in open('/proc/self/maps'))\n"+
+					"pid = ctypes.CDLL(None).getpid() == int(open('/proc/self/stat').read().split()[0])\n"+
+					"mapped, pid, 'LD_PRELOAD' in os.environ")
+				if string(r.Result) != `"(True, True, False)"` {
+					t.Errorf("preload mapped, getpid right, LD_PRELOAD visible: %s %s %q", r.Status, r.Result, r.Stderr)
+				}
+			})
+
 			t.Run("MatplotlibPNG", func(t *testing.T) {
 				r := code(t, ag, "import matplotlib.pyplot as plt\nplt.plot([1, 2, 3], [1, 4, 9])\nplt.show()")
 				var im struct {

@@ -152,6 +152,10 @@ type Config struct {
 	StateDir string
 	// AgentBinary is the host path of the static sessiond-agent executable.
 	AgentBinary string
+	// KernelPreload is the host path of the kernel preload library that code-interpreter
+	// sandboxes get (agent.Config.KernelPreload); default agentapi.KernelPreloadName
+	// beside AgentBinary, if that file exists. Without one, kernels run without it.
+	KernelPreload string
 	// CgroupParent is the cgroup (in every hierarchy) under which sandboxes get theirs;
 	// default DefaultCgroupParent.
 	CgroupParent string
@@ -200,6 +204,12 @@ func New(cfg Config) (*Runtime, error) {
 	}
 	if cfg.AgentBinary == "" {
 		return nil, errkind.New(errkind.Invalid, "%s: no agent binary configured", cfg.Name)
+	}
+	if cfg.KernelPreload == "" {
+		p := filepath.Join(filepath.Dir(cfg.AgentBinary), agentapi.KernelPreloadName)
+		if _, err := os.Stat(p); err == nil {
+			cfg.KernelPreload = p
+		}
 	}
 	if cfg.CgroupParent == "" {
 		cfg.CgroupParent = DefaultCgroupParent
@@ -468,6 +478,10 @@ func (r *Runtime) prepare(dir string, spec sandbox.Spec, rec record, att *netns.
 	if err := os.Chown(sock, int(root), int(root)); err != nil {
 		return fmt.Errorf("setting owner of socket directory: %w", err)
 	}
+	var preload string // the kernel preload, for code-interpreter sandboxes
+	if spec.Kernel != "" {
+		preload = r.cfg.KernelPreload
+	}
 	rootPath, rootRO := spec.RootFS, false
 	if r.fl.hostOverlay {
 		rootPath = filepath.Join(dir, "rootfs")
@@ -480,7 +494,7 @@ func (r *Runtime) prepare(dir string, spec sandbox.Spec, rec record, att *netns.
 		// Root inside a user namespace does not own the image's directories, so the
 		// runtime could not create mount points in them: make them here, as host root.
 		// They land in the sandbox's own upper layer.
-		if err := makeMountPoints(rootPath, att != nil); err != nil {
+		if err := makeMountPoints(rootPath, att != nil, preload != ""); err != nil {
 			return err
 		}
 	}
@@ -488,7 +502,7 @@ func (r *Runtime) prepare(dir string, spec sandbox.Spec, rec record, att *netns.
 	var err error
 	p := bundleParams{
 		id: rec.ID, spec: spec, limits: rec.Limits, rootPath: rootPath, rootRO: rootRO,
-		rwDir: rw, sockDir: sock, agentBin: r.cfg.AgentBinary,
+		rwDir: rw, sockDir: sock, agentBin: r.cfg.AgentBinary, preload: preload,
 		userNS: r.fl.userNS, uidBase: rec.UIDBase, seccomp: r.fl.seccomp, hostPids: r.fl.hostPids(rec.Limits.Pids), memGuard: guard, hostMemory: hostMem, cgroup: "/" + r.cfg.CgroupParent + "/" + rec.ID,
 		cpuPeriod: r.fl.cpuPeriod,
 	}
@@ -525,8 +539,9 @@ func mountSysfs(dir, nsPath string) (string, error) {
 // makeMountPoints creates the mount points of sessiond's own mounts below rootfs, through
 // an os.Root: the image may hold symlinks (an "mnt -> /etc"), which must never lead this
 // host-root code out of the sandbox's tree. With resolvConf, /etc/resolv.conf too, unless
-// the image has one (a file or a link, which runc resolves inside the rootfs).
-func makeMountPoints(rootfs string, resolvConf bool) error {
+// the image has one (a file or a link, which runc resolves inside the rootfs); with
+// preload, the kernel preload's.
+func makeMountPoints(rootfs string, resolvConf, preload bool) error {
 	root, err := os.OpenRoot(rootfs)
 	if err != nil {
 		return fmt.Errorf("opening rootfs: %w", err)
@@ -538,6 +553,9 @@ func makeMountPoints(rootfs string, resolvConf bool) error {
 		}
 	}
 	files := []string{agentapi.AgentPath}
+	if preload {
+		files = append(files, agentapi.KernelPreloadPath)
+	}
 	if resolvConf {
 		if _, err := root.Lstat("etc/resolv.conf"); err != nil {
 			files = append(files, "/etc/resolv.conf")

@@ -1,15 +1,18 @@
 package sandboxtest
 
 import (
+	"cmp"
 	"context"
 	"fmt"
-	"go.uber.org/goleak"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 
+	"go.uber.org/goleak"
+
+	"github.com/sessiond/sessiond/internal/agentapi"
 	"github.com/sessiond/sessiond/internal/image"
 )
 
@@ -57,14 +60,14 @@ func TestImage(t testing.TB) image.Image {
 	return img
 }
 
-// BuildAgent builds a static sessiond-agent into dir and returns its path. The directory
-// is made traversable so that sandboxes with a user namespace can execute the binary.
+// BuildAgent builds a static sessiond-agent into dir, and the kernel preload library
+// beside it (as `make build` does), and returns the agent's path. The directory is made
+// traversable so that sandboxes with a user namespace can execute the binary.
 func BuildAgent(dir string) (string, error) {
-	out, err := exec.Command("go", "env", "GOMOD").Output()
+	root, err := moduleRoot()
 	if err != nil {
-		return "", fmt.Errorf("finding the module root: %w", err)
+		return "", err
 	}
-	root := filepath.Dir(strings.TrimSpace(string(out)))
 	bin := filepath.Join(dir, "sessiond-agent")
 	cmd := exec.Command("go", "build", "-o", bin, "./cmd/sessiond-agent")
 	cmd.Dir = root
@@ -72,10 +75,38 @@ func BuildAgent(dir string) (string, error) {
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return "", fmt.Errorf("building the agent: %w: %s", err, out)
 	}
+	if err := BuildKernelPreload(filepath.Join(dir, agentapi.KernelPreloadName)); err != nil {
+		return "", err
+	}
 	if err := os.Chmod(dir, 0o711); err != nil {
 		return "", err
 	}
 	return bin, nil
+}
+
+// BuildKernelPreload compiles the kernel preload library (internal/agent/preload) into
+// out with the C compiler ($CC, default cc), as the Makefile does.
+func BuildKernelPreload(out string) error {
+	root, err := moduleRoot()
+	if err != nil {
+		return err
+	}
+	cc := cmp.Or(os.Getenv("CC"), "cc")
+	cmd := exec.Command(cc, "-O2", "-Wall", "-Wextra", "-Werror", "-shared", "-fPIC", "-o", out, "internal/agent/preload/kernel_preload.c")
+	cmd.Dir = root
+	if msg, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("building the kernel preload with %s: %w: %s", cc, err, msg)
+	}
+	return nil
+}
+
+// moduleRoot returns the directory of sessiond's go.mod.
+func moduleRoot() (string, error) {
+	out, err := exec.Command("go", "env", "GOMOD").Output()
+	if err != nil {
+		return "", fmt.Errorf("finding the module root: %w", err)
+	}
+	return filepath.Dir(strings.TrimSpace(string(out))), nil
 }
 
 // MainWithAgent is a TestMain for packages whose tests start agents: it builds the agent

@@ -124,6 +124,11 @@ func (f *Fake) Create(ctx context.Context, spec sandbox.Spec) (sandbox.Info, err
 		"-kernel-dir", filepath.Join(dir, "kernel")}, f.AgentArgs...)
 	if spec.Kernel != "" {
 		args = append(args, "-kernel", spec.Kernel)
+		// The kernel preload beside the agent, as the OCI runtimes mount it.
+		p := filepath.Join(filepath.Dir(f.AgentBinary), agentapi.KernelPreloadName)
+		if _, err := os.Stat(p); err == nil {
+			args = append(args, "-kernel-preload", p)
+		}
 	}
 	if spec.WorkingDir != "" {
 		args = append(args, "-workdir", spec.WorkingDir)
