@@ -242,6 +242,18 @@ func testKernelResults(t *testing.T) {
 		}
 	}
 
+	// The launcher answers the agent's result expression (a str) with its repr alone: a
+	// printer the user registers for str still formats the cell's output, and does not
+	// change how the agent reads the value.
+	t.Run("user str printer", func(t *testing.T) {
+		ex := run(t, ta, agentapi.ExecuteRequest{Code: "f = get_ipython().display_formatter.formatters['text/plain']\n" +
+			"f.for_type(str, lambda o, p, cycle: p.text('custom'))\n'abc'"})
+		defer run(t, ta, agentapi.ExecuteRequest{Code: "f.pop(str)"})
+		if string(ex.Result) != `"abc"` || len(ex.Outputs) != 1 || string(ex.Outputs[0].Data["text/plain"]) != `"custom"` {
+			t.Errorf("status %s, result %s, outputs %+v, stderr %q; want result \"abc\" and the output custom", ex.Status, ex.Result, ex.Outputs, ex.Stderr)
+		}
+	})
+
 	t.Run("exception", func(t *testing.T) {
 		ex := run(t, ta, agentapi.ExecuteRequest{Code: "def f():\n    return {}['k']\nf()"})
 		if ex.Status != agentapi.StatusFailed || ex.Error == nil || ex.Error.Name != "KeyError" {
