@@ -57,12 +57,20 @@
 #   dozen, each through a signature-binding decorator: about 0.6 ms of CPU for a short
 #   str, more than the `1+1` itself). The agent reads only its text/plain, which for a
 #   str is its repr, so a str value gets just that. Only the agent sends user expressions.
+# - Display formatters: IPython wraps each formatter's __call__ in catch_format_error through
+#   the decorator package, whose wrapper re-binds every call's arguments to the method's
+#   signature (inspect.Signature.bind) before calling catch_format_error: a dozen times
+#   per displayed value, half the cost of formatting a `2` (226 against 107 us natively).
+#   Here __call__ calls catch_format_error with the same arguments directly; calls the
+#   direct path cannot bind the same way go through the decorator's wrapper as before.
 # - The agent's preload library (LD_PRELOAD; see preload/kernel_preload.c) answers ZeroMQ's
 #   getpid calls without a system call. It is for this process only: it leaves the
 #   environment first thing, so user code and the processes it starts do not see it.
 import asyncio
+import functools
 import gc
 import importlib
+import inspect
 import os
 import signal
 import sys
@@ -135,7 +143,7 @@ for _m in _blocked:
     sys.modules[_m] = None
 import ipykernel
 from ipykernel import iostream, kernelapp, kernelbase
-from IPython.core import interactiveshell
+from IPython.core import formatters, interactiveshell
 
 for _m in _blocked:
     del sys.modules[_m]
@@ -328,6 +336,36 @@ def _plain_user_strings():
     shell._format_user_obj = _format_user_obj
 
 
+def _direct_format_calls():
+    caller = getattr(formatters.catch_format_error, "__wrapped__", None)
+    if caller is None or not ipykernel.__version__.startswith("6."):
+        return
+    for cls in list(vars(formatters).values()):
+        decorated = cls.__dict__.get("__call__") if isinstance(cls, type) else None
+        func = getattr(decorated, "__wrapped__", None)
+        if func is None or inspect.getclosurevars(decorated).nonlocals.get("caller") is not caller:
+            continue
+        params = list(inspect.signature(func).parameters.values())
+        rest = [(p.name, p.default) for p in params[2:]]  # after self and obj
+        if len(params) < 2 or any(p.kind is not p.POSITIONAL_OR_KEYWORD for p in params) or \
+                any(d is inspect.Parameter.empty for _, d in rest):
+            continue
+        cls.__call__ = _direct_format_call(func, decorated, caller, rest)
+
+
+def _direct_format_call(func, decorated, caller, rest):
+    names = {n for n, _ in rest}
+
+    def __call__(self, obj, *args, **kwargs):
+        # As the decorator binds: positional arguments, then the rest by name or default.
+        if len(args) > len(rest) or kwargs.keys() - names or any(n in kwargs for n, _ in rest[:len(args)]):
+            return decorated(self, obj, *args, **kwargs)  # what binding refuses, as before
+        full = args + tuple(kwargs.get(n, d) for n, d in rest[len(args):])
+        return caller(func, self, obj, *full)
+
+    return functools.update_wrapper(__call__, func)
+
+
 def _direct_replies():
     app = kernelapp.IPKernelApp
     if not _ipykernel6(app, "init_kernel"):
@@ -370,6 +408,7 @@ def _direct_replies():
 
 _direct_iopub()
 _plain_user_strings()
+_direct_format_calls()
 _no_control_flush()
 _hooks()
 _no_broadcasts()

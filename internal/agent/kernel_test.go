@@ -231,6 +231,9 @@ func testKernelResults(t *testing.T) {
 		{code: "import importlib.util; import sys; importlib.util.find_spec('debugpy') is not None and sys.modules.get('debugpy', 0) is not None", want: `true`},
 		// jedi is kept out of the start too (not loaded), and stays importable.
 		{code: "'jedi' in sys.modules or importlib.util.find_spec('jedi') is None", want: `false`},
+		// The launcher calls the display formatters directly (not through the decorator).
+		{code: "from IPython.core import formatters as F\n[c.__call__.__code__.co_filename for c in (F.BaseFormatter, F.PlainTextFormatter, F.IPythonDisplayFormatter, F.MimeBundleFormatter)]",
+			want: `"['<string>', '<string>', '<string>', '<string>']"`},
 		// os.getpid answers from a cache: right in the kernel and in a child forked from it.
 		{code: "import os\nr, w = os.pipe()\nc = os.fork()\nif c == 0:\n    os.write(w, b'%d %d' % (os.getpid(), int(os.readlink('/proc/self'))))\n    os._exit(0)\n" +
 			"os.waitpid(c, 0)\n[int(x) for x in os.read(r, 64).split()] == [c, c] and os.getpid() == int(os.readlink('/proc/self'))", want: `true`},
@@ -251,6 +254,16 @@ func testKernelResults(t *testing.T) {
 		defer run(t, ta, agentapi.ExecuteRequest{Code: "f.pop(str)"})
 		if string(ex.Result) != `"abc"` || len(ex.Outputs) != 1 || string(ex.Outputs[0].Data["text/plain"]) != `"custom"` {
 			t.Errorf("status %s, result %s, outputs %+v, stderr %q; want result \"abc\" and the output custom", ex.Status, ex.Result, ex.Outputs, ex.Stderr)
+		}
+	})
+
+	// A formatter that fails shows its traceback, and the other formats still come
+	// (IPython's catch_format_error, which the launcher calls directly).
+	t.Run("failing formatter", func(t *testing.T) {
+		ex := run(t, ta, agentapi.ExecuteRequest{Code: "class C:\n    def _repr_html_(self): raise ValueError('boom')\n    def __repr__(self): return 'C!'\nC()"})
+		if ex.Status != agentapi.StatusSucceeded || string(ex.Result) != `"C!"` || !strings.Contains(ex.Stderr, "ValueError: boom") ||
+			len(ex.Outputs) != 1 || len(ex.Outputs[0].Data) != 1 || string(ex.Outputs[0].Data["text/plain"]) != `"C!"` {
+			t.Errorf("status %s, result %s, outputs %+v, stderr %q; want C! as text/plain alone and the traceback", ex.Status, ex.Result, ex.Outputs, ex.Stderr)
 		}
 	})
 
