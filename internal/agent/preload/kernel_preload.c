@@ -6,16 +6,17 @@
 //
 // getpid without a system call. ZeroMQ checks for a fork with getpid() every time one of
 // its threads signals another and every time a socket looks for commands (libzmq's
-// signaler), about 22 calls in a Jupyter `1+1` whose other system calls number about 50.
-// glibc makes each one a system call, and under gVisor a system call is a round trip
-// through the sentry: answering these from memory took a runsc `1+1` through the agent
-// from about 11 to 6-8 ms p50 (docs/BENCHMARKS.md).
+// signaler): 20-24 of the 62-81 system calls of a Jupyter `1+1` (strace). glibc makes each
+// one a system call, and under gVisor a system call is a round trip through the sentry.
+// With this library, `sessiond bench kernel` under runsc took 7.0-10.2 ms p50 against
+// 8.7-12.7 without (four alternated runs each; docs/BENCHMARKS.md).
 //
 // The value is the process's pid, read once when the library is loaded and again in the
 // child of every fork() (pthread_atfork), as glibc itself did before 2.25. A child made
 // with vfork() or clone() without fork()'s handlers shares or copies the parent's memory
-// and would see the parent's pid until it execs; nothing in the kernel's stack calls
-// getpid in that window. glibc's own internal uses do not come here.
+// and would see the parent's pid until it execs: CPython's subprocess (vfork) and glibc's
+// posix_spawn and system (clone with CLONE_VFORK) make no getpid call in that window
+// (strace). glibc's own internal uses do not come here.
 #define _GNU_SOURCE
 #include <pthread.h>
 #include <sys/syscall.h>
