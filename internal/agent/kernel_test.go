@@ -109,6 +109,7 @@ func TestKernel(t *testing.T) {
 		"client gone":     testKernelClientGone,
 		"interrupt races": testKernelInterruptRaces,
 		"preload":         testKernelPreload,
+		"preload missing": testKernelPreloadMissing,
 	} {
 		t.Run(name, func(t *testing.T) {
 			t.Parallel()
@@ -619,6 +620,16 @@ print("subprocess", repr(subprocess.run(["sh", "-c", "echo $LD_PRELOAD"], captur
 	want := "mapped True\npid True\nchild True\nenv None False\nsubprocess '\\n'\n"
 	if res.Status != agentapi.StatusSucceeded || res.Stdout != want {
 		t.Errorf("status %s, stdout:\n%s\nstderr: %s\nwant stdout:\n%s", res.Status, res.Stdout, res.Stderr, want)
+	}
+}
+
+// testKernelPreloadMissing: a preload library that is not there is skipped, and the kernel
+// runs without it.
+func testKernelPreloadMissing(t *testing.T) {
+	ta := startKernelAgentWith(t, func(a *Agent) { a.cfg.KernelPreload = "/nonexistent/" + agentapi.KernelPreloadName })
+	res := run(t, ta, agentapi.ExecuteRequest{Code: "import os\n'LD_PRELOAD' in os.environ, 1+1"})
+	if res.Status != agentapi.StatusSucceeded || string(res.Result) != `"(False, 2)"` {
+		t.Errorf("status %s, result %s, stderr %q", res.Status, res.Result, res.Stderr)
 	}
 }
 
