@@ -22,24 +22,24 @@ deps:
 	./scripts/install-deps.sh
 
 ## image-small: python3 + ipykernel, used by the tests (about a minute the first time)
-image-small: build deps
+image-small: deps build
 	@$(SESSIOND) image inspect python-small >/dev/null 2>&1 || $(SESSIOND) image build python-small
 
 ## image-python: the default code-interpreter image with the scientific stack (about 3.5 minutes, 780 MiB)
-image-python: build deps
+image-python: deps build
 	@$(SESSIOND) image inspect python >/dev/null 2>&1 || $(SESSIOND) image build python
 
-## run: build, install what is missing, and serve the default pool on 127.0.0.1:8080
+## run: install what is missing, build, and serve the default pool on 127.0.0.1:8080
 LISTEN ?= 127.0.0.1:8080
-run: build deps image-python
+run: deps build image-python
 	$(SESSIOND) serve -listen $(LISTEN) $(if $(CONFIG),-config $(CONFIG))
 
 ## smoke: run one command in a fresh sandbox
-smoke: build deps image-small
+smoke: deps build image-small
 	$(SESSIOND) sandbox run -image python-small -- python3 -c 'import sys; print("sessiond sandbox ok: python", sys.version.split()[0])'
 
 ## test: every test, against real runc and runsc sandboxes (fails rather than skips)
-test: build deps image-small
+test: deps build image-small
 	SESSIOND_TEST_REQUIRE=1 SESSIOND_DATA_DIR=$(DATA_DIR) $(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) ./...
 
 ## test-short: the tests that need no sandbox
@@ -47,7 +47,7 @@ test-short:
 	$(GO) test -race -short ./...
 
 ## bench: sandbox latency and memory, both runtimes (see docs/BENCHMARKS.md)
-bench: build deps image-small
+bench: deps build image-small
 	$(SESSIOND) bench sandbox -image python-small
 
 clean:

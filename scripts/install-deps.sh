@@ -17,7 +17,8 @@ log() { echo "install-deps: $*" >&2; }
 need_pkgs=""
 # python3-ipykernel and friends on the host serve the fast tests that run real kernels
 # without a sandbox (sandboxtest.Fake); sandboxes get theirs from their image. openssl
-# signs tokens independently of Go in internal/auth's interop test.
+# signs tokens independently of Go in internal/auth's interop test. gcc builds runc's
+# seccomp support and sessiond's kernel preload library (make build).
 for p in libseccomp-dev mmdebstrap iproute2 pkg-config gcc uidmap openssl \
 	python3-ipykernel python3-jupyter-client python3-numpy python3-matplotlib python3-pandas \
 	python3-setuptools; do
