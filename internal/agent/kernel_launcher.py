@@ -343,9 +343,12 @@ def _direct_format_calls():
     for cls in list(vars(formatters).values()):
         decorated = cls.__dict__.get("__call__") if isinstance(cls, type) else None
         func = getattr(decorated, "__wrapped__", None)
-        if func is None or inspect.getclosurevars(decorated).nonlocals.get("caller") is not caller:
+        try:  # a shape other than the decorator package's makes these raise: left as it is
+            if func is None or inspect.getclosurevars(decorated).nonlocals.get("caller") is not caller:
+                continue
+            params = list(inspect.signature(func).parameters.values())
+        except (TypeError, ValueError):
             continue
-        params = list(inspect.signature(func).parameters.values())
         rest = [(p.name, p.default) for p in params[2:]]  # after self and obj
         if len(params) < 2 or any(p.kind is not p.POSITIONAL_OR_KEYWORD for p in params) or \
                 any(d is inspect.Parameter.empty for _, d in rest):
