@@ -11,6 +11,8 @@ package sandbox
 import (
 	"context"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/sessiond/sessiond/internal/agentapi"
@@ -219,4 +221,15 @@ type Capabilities struct {
 	UserNamespace bool
 	// Seccomp: a default-deny syscall filter is applied to the sandbox.
 	Seccomp bool
+}
+
+// KernelPreloadBeside returns the kernel preload library (agentapi.KernelPreloadName) in
+// the directory of agentBinary, where `make build` puts it, or "" if there is none there.
+// Runtimes give it to code-interpreter sandboxes (agent.Config.KernelPreload).
+func KernelPreloadBeside(agentBinary string) string {
+	p := filepath.Join(filepath.Dir(agentBinary), agentapi.KernelPreloadName)
+	if _, err := os.Stat(p); err != nil {
+		return ""
+	}
+	return p
 }

@@ -206,10 +206,7 @@ func New(cfg Config) (*Runtime, error) {
 		return nil, errkind.New(errkind.Invalid, "%s: no agent binary configured", cfg.Name)
 	}
 	if cfg.KernelPreload == "" {
-		p := filepath.Join(filepath.Dir(cfg.AgentBinary), agentapi.KernelPreloadName)
-		if _, err := os.Stat(p); err == nil {
-			cfg.KernelPreload = p
-		}
+		cfg.KernelPreload = sandbox.KernelPreloadBeside(cfg.AgentBinary)
 	}
 	if cfg.CgroupParent == "" {
 		cfg.CgroupParent = DefaultCgroupParent

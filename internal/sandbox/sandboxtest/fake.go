@@ -125,8 +125,7 @@ func (f *Fake) Create(ctx context.Context, spec sandbox.Spec) (sandbox.Info, err
 	if spec.Kernel != "" {
 		args = append(args, "-kernel", spec.Kernel)
 		// The kernel preload beside the agent, as the OCI runtimes mount it.
-		p := filepath.Join(filepath.Dir(f.AgentBinary), agentapi.KernelPreloadName)
-		if _, err := os.Stat(p); err == nil {
+		if p := sandbox.KernelPreloadBeside(f.AgentBinary); p != "" {
 			args = append(args, "-kernel-preload", p)
 		}
 	}
