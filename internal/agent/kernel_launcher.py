@@ -63,6 +63,11 @@
 #   per displayed value, half the cost of formatting a `2` (226 against 107 us natively).
 #   Here __call__ calls catch_format_error with the same arguments directly; calls the
 #   direct path cannot bind the same way go through the decorator's wrapper as before.
+# - Message dates: jupyter_client parses the date in each incoming message's header with
+#   dateutil's general-purpose parser (about 80 us natively, a third of a `1+1`'s message
+#   handling). Here a date that matches jupyter_client's own ISO 8601 pattern is parsed by
+#   datetime.fromisoformat (about 1 us), which reads every string of that pattern to the
+#   same instant and offset; a string it refuses still goes to dateutil, as before.
 # - The agent's preload library (LD_PRELOAD; see preload/kernel_preload.c) answers ZeroMQ's
 #   getpid calls without a system call. It is for this process only: it leaves the
 #   environment first thing, so user code and the processes it starts do not see it.
@@ -76,6 +81,7 @@ import signal
 import sys
 import threading
 import types
+from datetime import datetime
 
 
 def _drop_preload():
@@ -369,6 +375,28 @@ def _direct_format_call(func, decorated, caller, rest):
     return functools.update_wrapper(__call__, func)
 
 
+def _fast_dates():
+    try:
+        from jupyter_client import jsonutil
+    except ImportError:
+        return
+    pattern, ensure_tzinfo = getattr(jsonutil, "ISO8601_PAT", None), getattr(jsonutil, "_ensure_tzinfo", None)
+    parse_date = getattr(jsonutil, "parse_date", None)
+    if pattern is None or ensure_tzinfo is None or parse_date is None:
+        return
+
+    def fast_parse_date(s):
+        if s is None or not pattern.match(s):
+            return parse_date(s)
+        try:
+            dt = datetime.fromisoformat(s)
+        except ValueError:
+            return parse_date(s)  # dateutil's answer, or its error
+        return ensure_tzinfo(dt)
+
+    jsonutil.parse_date = fast_parse_date
+
+
 def _direct_replies():
     app = kernelapp.IPKernelApp
     if not _ipykernel6(app, "init_kernel"):
@@ -416,6 +444,7 @@ _no_control_flush()
 _hooks()
 _no_broadcasts()
 _direct_replies()
+_fast_dates()
 _app = kernelapp.IPKernelApp.instance()
 _app.initialize()
 gc.enable()

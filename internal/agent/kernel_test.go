@@ -235,6 +235,8 @@ func testKernelResults(t *testing.T) {
 		// The launcher calls the display formatters directly (not through the decorator).
 		{code: "from IPython.core import formatters as F\n[c.__call__.__code__.co_filename for c in (F.BaseFormatter, F.PlainTextFormatter, F.IPythonDisplayFormatter, F.MimeBundleFormatter)]",
 			want: `"['<string>', '<string>', '<string>', '<string>']"`},
+		// The launcher parses message dates with fromisoformat.
+		{code: "from jupyter_client import jsonutil\njsonutil.parse_date.__name__", want: `"fast_parse_date"`},
 		// os.getpid answers from a cache: right in the kernel and in a child forked from it.
 		{code: "import os\nr, w = os.pipe()\nc = os.fork()\nif c == 0:\n    os.write(w, b'%d %d' % (os.getpid(), int(os.readlink('/proc/self'))))\n    os._exit(0)\n" +
 			"os.waitpid(c, 0)\n[int(x) for x in os.read(r, 64).split()] == [c, c] and os.getpid() == int(os.readlink('/proc/self'))", want: `true`},
@@ -656,6 +658,55 @@ func TestLauncherDropPreload(t *testing.T) {
 		if got, want := strings.TrimSpace(string(out)), tc.want+" False"; err != nil || got != want {
 			t.Errorf("LD_PRELOAD=%s, ours %q: %s (%v), want %s", tc.preload, tc.ours, got, err, want)
 		}
+	}
+}
+
+// TestLauncherFastDates: the launcher's date parsing gives what jupyter_client's own gives,
+// dateutil, for every string: the same instant, offset, ISO form and warnings, the same
+// strings left as they are, and an error where dateutil raises one.
+func TestLauncherFastDates(t *testing.T) {
+	py := kernelPython(t, "jupyter_client", "dateutil")
+	def := regexp.MustCompile(`(?m)^def _fast_dates\(\):\n(?:(?:[ \t].*)?\n)*`).FindString(pythonLauncher)
+	if def == "" {
+		t.Fatal("no _fast_dates in the launcher")
+	}
+	script := `import warnings
+from datetime import datetime
+from jupyter_client import jsonutil
+original = jsonutil.parse_date
+` + def + `
+_fast_dates()
+fast = jsonutil.parse_date
+assert fast is not original, "not patched"
+cases = ["2026-11-27T12:00:00.123456Z", "2026-11-27T12:00:00Z", "2026-11-27T12:00:00.5Z",
+         "2026-11-27T12:00:00.123+05:30", "2026-11-27T12:00:00+0530", "2026-11-27T12:00:00-08:00",
+         "2026-11-27T12:00:00", "2026-11-27T12:00:00.000001-0000", "hello", "", None, "2026-11-27",
+         "2026-13-01T00:00:00Z", "2026-02-30T00:00:00Z", "2026-11-27T24:00:00Z", "2026-11-27T12:60:00Z",
+         "\uff12\uff10\uff12\uff16-11-27T12:00:00Z", "\u0662\u0660\u0662\u0666-11-27T12:00:00Z",
+         "2026-11-27T12:00:00+25:00", "2026-11-27T12:00:00+05:3", "2026-11-27T12:00:00.1234567Z"]
+def outcome(parse, s):
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        try:
+            v = parse(s)
+        except ValueError:
+            return ("error",)
+    warned = [x.category.__name__ for x in w]
+    if not isinstance(v, datetime):
+        return ("value", v, warned)
+    try:
+        return ("date", v, v.utcoffset(), v.isoformat(), warned)
+    except ValueError:
+        return ("bad offset", repr(v), warned)
+for s in cases:
+    got, want = outcome(fast, s), outcome(original, s)
+    if got != want:
+        print("%r: %r, dateutil %r" % (s, got, want))
+print("checked", len(cases))
+`
+	out, err := exec.Command(py, "-c", script).CombinedOutput()
+	if got := strings.TrimSpace(string(out)); err != nil || got != "checked 21" {
+		t.Errorf("%v:\n%s", err, got)
 	}
 }
 
