@@ -68,6 +68,10 @@
 #   handling). Here a date that matches jupyter_client's own ISO 8601 pattern is parsed by
 #   datetime.fromisoformat (about 1 us), which reads every string of that pattern to the
 #   same instant and offset; a string it refuses still goes to dateutil, as before.
+# - The kernel's log: IPKernelApp's logger is at DEBUG and its one handler (stderr) at WARNING,
+#   so each request made four log records that the handler then dropped. Here the logger's
+#   level is raised to its handlers' lowest, which drops the same records before they are
+#   made; what reaches stderr is unchanged.
 # - The agent's preload library (LD_PRELOAD; see preload/kernel_preload.c) answers ZeroMQ's
 #   getpid calls without a system call. It is for this process only: it leaves the
 #   environment first thing, so user code and the processes it starts do not see it.
@@ -76,6 +80,7 @@ import functools
 import gc
 import importlib
 import inspect
+import logging
 import os
 import signal
 import sys
@@ -397,6 +402,16 @@ def _fast_dates():
     jsonutil.parse_date = fast_parse_date
 
 
+def _quiet_log(log):
+    """Raises log's level to the lowest of its handlers' levels when that is all that can
+    emit its records (it does not propagate); a handler at NOTSET takes everything."""
+    if not isinstance(log, logging.Logger) or log.propagate or not log.handlers:
+        return
+    floor = min(h.level for h in log.handlers)
+    if log.level < floor:
+        log.setLevel(floor)
+
+
 def _direct_replies():
     app = kernelapp.IPKernelApp
     if not _ipykernel6(app, "init_kernel"):
@@ -447,6 +462,7 @@ _direct_replies()
 _fast_dates()
 _app = kernelapp.IPKernelApp.instance()
 _app.initialize()
+_quiet_log(_app.log)
 gc.enable()
 gc.freeze()
 _app.start()

@@ -235,6 +235,8 @@ func testKernelResults(t *testing.T) {
 		// The launcher calls the display formatters directly (not through the decorator).
 		{code: "from IPython.core import formatters as F\n[c.__call__.__code__.co_filename for c in (F.BaseFormatter, F.PlainTextFormatter, F.IPythonDisplayFormatter, F.MimeBundleFormatter)]",
 			want: `"['<string>', '<string>', '<string>', '<string>']"`},
+		// The kernel's logger makes no records its handler would drop.
+		{code: "import logging\nget_ipython().kernel.log.getEffectiveLevel() == logging.WARNING", want: `true`},
 		// The launcher parses message dates with fromisoformat.
 		{code: "from jupyter_client import jsonutil\njsonutil.parse_date.__name__", want: `"fast_parse_date"`},
 		// os.getpid answers from a cache: right in the kernel and in a child forked from it.
@@ -707,6 +709,40 @@ print("checked", len(cases))
 	out, err := exec.Command(py, "-c", script).CombinedOutput()
 	if got := strings.TrimSpace(string(out)); err != nil || got != "checked 21" {
 		t.Errorf("%v:\n%s", err, got)
+	}
+}
+
+// TestLauncherQuietLog: the launcher raises a logger's level to its handlers' lowest only
+// when its handlers are all that can emit its records.
+func TestLauncherQuietLog(t *testing.T) {
+	py := kernelPython(t)
+	def := regexp.MustCompile(`(?m)^def _quiet_log\(log\):\n(?:(?:[ \t].*)?\n)*`).FindString(pythonLauncher)
+	if def == "" {
+		t.Fatal("no _quiet_log in the launcher")
+	}
+	script := `import logging
+` + def + `
+def level(logger_level, handler_levels, propagate=False):
+    log = logging.Logger("t", logger_level)
+    log.propagate = propagate
+    for lv in handler_levels:
+        h = logging.StreamHandler()
+        h.setLevel(lv)
+        log.addHandler(h)
+    _quiet_log(log)
+    return logging.getLevelName(log.level)
+print(level(logging.DEBUG, [logging.WARNING]))                 # raised
+print(level(logging.DEBUG, [logging.ERROR, logging.INFO]))     # to the lowest
+print(level(logging.DEBUG, [logging.WARNING, logging.NOTSET])) # a handler takes all
+print(level(logging.DEBUG, [logging.WARNING], propagate=True)) # parents may emit
+print(level(logging.DEBUG, []))                                # no handlers
+print(level(logging.ERROR, [logging.WARNING]))                 # never lowered
+_quiet_log(None)
+`
+	out, err := exec.Command(py, "-c", script).CombinedOutput()
+	want := "WARNING\nINFO\nDEBUG\nDEBUG\nDEBUG\nERROR"
+	if got := strings.TrimSpace(string(out)); err != nil || got != want {
+		t.Errorf("%v:\n%s\nwant:\n%s", err, got, want)
 	}
 }
 
