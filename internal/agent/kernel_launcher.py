@@ -64,8 +64,8 @@
 #   Here __call__ calls catch_format_error with the same arguments directly; calls the
 #   direct path cannot bind the same way go through the decorator's wrapper as before.
 # - Message dates: jupyter_client parses the date in each incoming message's header with
-#   dateutil's general-purpose parser (about 80 us natively, a third of a `1+1`'s message
-#   handling). Here a date that matches jupyter_client's own ISO 8601 pattern is parsed by
+#   dateutil's general-purpose parser (78 us natively, once per execution; about 300 of
+#   the 3700 Python function calls of a `1+1`). Here a date that matches jupyter_client's own ISO 8601 pattern is parsed by
 #   datetime.fromisoformat (about 1 us), which reads every string of that pattern to the
 #   same instant and offset; a string it refuses still goes to dateutil, as before.
 # - The kernel's log: IPKernelApp's logger is at DEBUG and its one handler (stderr) at WARNING,
