@@ -113,6 +113,11 @@ type APIConfig struct {
 	Warm       int
 	WarmBatch  int
 	WarmRefill time.Duration
+	// Second, if set, times one more execution on each warm round's identifiers once the
+	// pool has refilled (WarmRefill later, then the round is deleted and the pool waited
+	// for again): the same sandboxes after as long an idle, no longer fresh from their
+	// warm-up. It tells a fresh sandbox's cost from the cost of its idleness.
+	Second bool
 	// Existing is how many executions are timed on one existing session, back to back,
 	// after WarmRefill for the pool to replace what was taken.
 	Existing int
@@ -135,7 +140,11 @@ type APIConfig struct {
 type APIResult struct {
 	Endpoint      string  `json:"endpoint"`
 	FirstExecWarm Summary `json:"firstExecutionWarmPool"`
-	ExistingExec  Summary `json:"executionExistingSession"`
+	// SecondExec: the second executions of APIConfig.Second; OverheadSecondP50 is
+	// FirstExecWarm.P50 - SecondExec.P50.
+	SecondExec        Summary       `json:"secondExecutionAfterRefill"`
+	OverheadSecondP50 time.Duration `json:"firstOverSecondP50"`
+	ExistingExec      Summary       `json:"executionExistingSession"`
 	// OverheadP50 is FirstExecWarm.P50 - ExistingExec.P50: what binding a new session costs
 	// over a session that is executing back to back.
 	OverheadP50 time.Duration `json:"newSessionOverheadP50"`
@@ -169,18 +178,31 @@ func API(ctx context.Context, c *APIClient, cfg APIConfig, progress io.Writer) (
 		}
 	}
 
-	var warm []time.Duration
+	var warm, second []time.Duration
 	for len(warm) < cfg.Warm {
 		n := min(cfg.WarmBatch, cfg.Warm-len(warm))
 		var round []string
 		for i := 0; i < n; i++ {
 			id := NewIdentifier("bench-warm-")
 			round = append(round, id)
+			cleanup = append(cleanup, id) // until the round is deleted below
 			d, err := c.Execute(ctx, id, "1+1", "2")
 			if err != nil {
 				return res, fmt.Errorf("first execution: %w", err)
 			}
 			warm = append(warm, d)
+		}
+		if cfg.Second {
+			if err := sleep(ctx, cfg.WarmRefill); err != nil {
+				return res, err
+			}
+			for _, id := range round {
+				d, err := c.Execute(ctx, id, "1+1", "2")
+				if err != nil {
+					return res, fmt.Errorf("second execution: %w", err)
+				}
+				second = append(second, d)
+			}
 		}
 		// Sessions are deleted after the round, not between its requests, so that no
 		// sandbox teardown runs under the next measurement.
@@ -189,6 +211,7 @@ func API(ctx context.Context, c *APIClient, cfg APIConfig, progress io.Writer) (
 				return res, err
 			}
 		}
+		cleanup = cleanup[:0]
 		logf("warm first executions: %d/%d", len(warm), cfg.Warm)
 		if len(warm) < cfg.Warm {
 			if err := sleep(ctx, cfg.WarmRefill); err != nil {
@@ -197,6 +220,10 @@ func API(ctx context.Context, c *APIClient, cfg APIConfig, progress io.Writer) (
 		}
 	}
 	res.FirstExecWarm = Summarize(warm)
+	if len(second) > 0 {
+		res.SecondExec = Summarize(second)
+		res.OverheadSecondP50 = res.FirstExecWarm.P50 - res.SecondExec.P50
+	}
 
 	if cfg.Existing > 0 {
 		id := NewIdentifier("bench-existing-")
@@ -379,11 +406,15 @@ func WriteAPITable(w io.Writer, r APIResult) {
 	for _, row := range []struct {
 		name string
 		s    Summary
-	}{{"first execution, new id, warm pool", r.FirstExecWarm}, {"execution, existing session", r.ExistingExec},
+	}{{"first execution, new id, warm pool", r.FirstExecWarm}, {"second, same ids, after the refill", r.SecondExec},
+		{"execution, existing session", r.ExistingExec},
 		{fmt.Sprintf("existing session after %v idle", r.Pause), r.PausedExec}, {"burst, per request", r.Burst}} {
 		if row.s.N > 0 {
 			fmt.Fprintf(w, "%-34s %6d %8s %8s %8s %8s\n", row.name, row.s.N, ms(row.s.P50), ms(row.s.P95), ms(row.s.P99), ms(row.s.Max))
 		}
+	}
+	if r.SecondExec.N > 0 {
+		fmt.Fprintf(w, "first execution over the second on the same sandboxes (p50 difference): %s ms\n", ms(r.OverheadSecondP50))
 	}
 	if r.FirstExecWarm.N > 0 && r.ExistingExec.N > 0 {
 		fmt.Fprintf(w, "new-session overhead (p50 difference): %s ms\n", ms(r.OverheadP50))

@@ -31,16 +31,16 @@ func TestAPI(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	c := bench.NewAPIClient(srv.URL + "/pools/bench")
-	res, err := bench.API(ctx, c, bench.APIConfig{Warm: 3, WarmBatch: 2, WarmRefill: 100 * time.Millisecond,
+	res, err := bench.API(ctx, c, bench.APIConfig{Warm: 3, WarmBatch: 2, WarmRefill: 100 * time.Millisecond, Second: true,
 		Existing: 4, Paused: 2, Pause: 50 * time.Millisecond, Burst: 2, Sessions: 2, ThroughputFor: 300 * time.Millisecond, Hold: 1}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if res.FirstExecWarm.N != 3 || res.ExistingExec.N != 4 || res.PausedExec.N != 2 || res.Pause != 50*time.Millisecond ||
+	if res.FirstExecWarm.N != 3 || res.SecondExec.N != 3 || res.ExistingExec.N != 4 || res.PausedExec.N != 2 || res.Pause != 50*time.Millisecond ||
 		res.Burst.N != 2 || res.BurstFailures != 0 || res.ExecsPerSec <= 0 || res.Held != 1 {
 		t.Errorf("result %+v: counts do not match the configuration", res)
 	}
-	if res.OverheadP50 != res.FirstExecWarm.P50-res.ExistingExec.P50 || res.OverheadIdleP50 != res.FirstExecWarm.P50-res.PausedExec.P50 {
+	if res.OverheadP50 != res.FirstExecWarm.P50-res.ExistingExec.P50 || res.OverheadSecondP50 != res.FirstExecWarm.P50-res.SecondExec.P50 || res.OverheadIdleP50 != res.FirstExecWarm.P50-res.PausedExec.P50 {
 		t.Errorf("overheads %v, %v do not follow from %+v", res.OverheadP50, res.OverheadIdleP50, res)
 	}
 	if res.PausedExec.P50 <= 0 || res.ExistingExec.P50 <= 0 {
