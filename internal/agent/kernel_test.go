@@ -637,14 +637,22 @@ func testKernelPreloadMissing(t *testing.T) {
 	}
 }
 
+// launcherDef returns the text of the launcher's top-level function name: its def line
+// and the indented (or blank) lines after it.
+func launcherDef(t *testing.T, name string) string {
+	t.Helper()
+	def := regexp.MustCompile(`(?m)^def ` + regexp.QuoteMeta(name) + `\(.*\):\n(?:(?:[ \t].*)?\n)*`).FindString(pythonLauncher)
+	if def == "" {
+		t.Fatalf("no %s in the launcher", name)
+	}
+	return def
+}
+
 // TestLauncherDropPreload: the launcher takes the agent's library out of LD_PRELOAD and
 // leaves what the user's environment preloads.
 func TestLauncherDropPreload(t *testing.T) {
 	py := kernelPython(t)
-	def := regexp.MustCompile(`(?ms)^def _drop_preload\(\):\n.*?\n\n`).FindString(pythonLauncher)
-	if def == "" {
-		t.Fatal("no _drop_preload in the launcher")
-	}
+	def := launcherDef(t, "_drop_preload")
 	for _, tc := range []struct{ ours, preload, want string }{
 		{"/.sessiond/k.so", "/.sessiond/k.so", "None"},
 		{"/.sessiond/k.so", "/.sessiond/k.so:libm.so.6", "'libm.so.6'"},
@@ -668,10 +676,7 @@ func TestLauncherDropPreload(t *testing.T) {
 // strings left as they are, and an error where dateutil raises one.
 func TestLauncherFastDates(t *testing.T) {
 	py := kernelPython(t, "jupyter_client", "dateutil")
-	def := regexp.MustCompile(`(?m)^def _fast_dates\(\):\n(?:(?:[ \t].*)?\n)*`).FindString(pythonLauncher)
-	if def == "" {
-		t.Fatal("no _fast_dates in the launcher")
-	}
+	def := launcherDef(t, "_fast_dates")
 	script := `import warnings
 from datetime import datetime
 from jupyter_client import jsonutil
@@ -716,10 +721,7 @@ print("checked", len(cases))
 // when its handlers are all that can emit its records.
 func TestLauncherQuietLog(t *testing.T) {
 	py := kernelPython(t)
-	def := regexp.MustCompile(`(?m)^def _quiet_log\(log\):\n(?:(?:[ \t].*)?\n)*`).FindString(pythonLauncher)
-	if def == "" {
-		t.Fatal("no _quiet_log in the launcher")
-	}
+	def := launcherDef(t, "_quiet_log")
 	script := `import logging
 ` + def + `
 def level(logger_level, handler_levels, propagate=False):
