@@ -199,6 +199,10 @@ func testKernelResults(t *testing.T) {
 		want    string // the Result as JSON
 		stdout  string
 	}{
+		// The launcher formatted a value before the first execution, so that the
+		// formatters' lazily built state costs nothing here (the check makes no result
+		// before it is evaluated).
+		{code: "all('type_printers' in f._trait_values for f in get_ipython().display_formatter.formatters.values())", want: `true`},
 		{code: "1+1", want: `2`},
 		{code: "x = 40", want: `""`},
 		{code: "x + 2", want: `42`},
@@ -228,7 +232,7 @@ func testKernelResults(t *testing.T) {
 		{code: "1+1", jupyter: true, want: `"2"`},
 		// The launcher: In works without the history database, and debugpy (kept out
 		// of ipykernel's start) is importable by user code.
-		{code: "In[1]", want: `"1+1"`},
+		{code: "In[2]", want: `"1+1"`},
 		{code: "import importlib.util; import sys; importlib.util.find_spec('debugpy') is not None and sys.modules.get('debugpy', 0) is not None", want: `true`},
 		// jedi is kept out of the start too (not loaded), and stays importable.
 		{code: "'jedi' in sys.modules or importlib.util.find_spec('jedi') is None", want: `false`},
