@@ -127,6 +127,12 @@ func TestServeEndToEnd(t *testing.T) {
 			if ex.Status != "Failed" || !strings.Contains(ex.Result.Stderr, "NameError") {
 				t.Errorf("another identifier sees the first one's state: %+v", ex)
 			}
+			// The warm-up froze what its imports left: a full collection walks little.
+			do(t, "POST", py+"/executions?api-version=2025-10-02-preview&identifier=bob-22",
+				`{"code":"import gc\nlen(gc.get_objects()) * 4 < gc.get_freeze_count()"}`, 200, &ex)
+			if string(ex.Result.ExecutionResult) != "true" {
+				t.Errorf("objects left to the collector after the warm-up: %+v", ex)
+			}
 
 			// Files: upload, list, download.
 			var body bytes.Buffer

@@ -185,10 +185,14 @@ func (s *kernelSup) execute(e *execution) {
 		}
 	}
 	k := s.k
+	exprs := map[string]string{resultKey: resultExpr}
+	if e.req.Warmup {
+		exprs[settleKey] = settleExpr
+	}
 	ex, err := k.client.Execute(jupyter.ExecuteRequest{
 		Code:            e.req.Code,
 		StoreHistory:    true,
-		UserExpressions: map[string]string{resultKey: resultExpr},
+		UserExpressions: exprs,
 	}, col.add)
 	if err != nil {
 		s.replaced(false)

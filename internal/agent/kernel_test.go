@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -273,6 +274,38 @@ func testKernelResults(t *testing.T) {
 		if ex.Status != agentapi.StatusSucceeded || string(ex.Result) != `"C!"` || !strings.Contains(ex.Stderr, "ValueError: boom") ||
 			len(ex.Outputs) != 1 || len(ex.Outputs[0].Data) != 1 || string(ex.Outputs[0].Data["text/plain"]) != `"C!"` {
 			t.Errorf("status %s, result %s, outputs %+v, stderr %q; want C! as text/plain alone and the traceback", ex.Status, ex.Result, ex.Outputs, ex.Stderr)
+		}
+	})
+
+	// A warm-up that succeeds freezes what survives it, and still reports its value;
+	// other executions, and a warm-up that fails, freeze nothing.
+	t.Run("warm-up freezes", func(t *testing.T) {
+		frozen := func() int {
+			t.Helper()
+			ex := run(t, ta, agentapi.ExecuteRequest{Code: "__import__('gc').get_freeze_count()"})
+			n, err := strconv.Atoi(string(ex.Result))
+			if err != nil {
+				t.Fatalf("freeze count: result %s, stderr %q", ex.Result, ex.Stderr)
+			}
+			return n
+		}
+		n0 := frozen()
+		run(t, ta, agentapi.ExecuteRequest{Code: "plain = [[] for _ in range(5000)]"})
+		if n := frozen(); n != n0 {
+			t.Errorf("a plain execution froze %d objects", n-n0)
+		}
+		if ex := run(t, ta, agentapi.ExecuteRequest{Code: "failed = [[] for _ in range(5000)]; 1/0", Warmup: true}); ex.Status != agentapi.StatusFailed {
+			t.Errorf("failing warm-up: status %s", ex.Status)
+		}
+		if n := frozen(); n != n0 {
+			t.Errorf("a failed warm-up froze %d objects", n-n0)
+		}
+		ex := run(t, ta, agentapi.ExecuteRequest{Code: "warm = [[] for _ in range(5000)]\nlen(warm)", Warmup: true})
+		if ex.Status != agentapi.StatusSucceeded || string(ex.Result) != "5000" {
+			t.Errorf("warm-up: status %s, result %s, stderr %q", ex.Status, ex.Result, ex.Stderr)
+		}
+		if n := frozen(); n < n0+5000 {
+			t.Errorf("after a warm-up %d objects frozen, want at least 5000 more than %d", n, n0)
 		}
 	})
 

@@ -71,6 +71,11 @@ type ExecuteRequest struct {
 	JupyterFormat bool `json:"jupyterFormat,omitempty"`
 	// EmptyKernel runs the code in a fresh kernel (Azure's useEmptyKernel).
 	EmptyKernel bool `json:"emptyKernel,omitempty"`
+	// Warmup marks the code that readies a new sandbox: once it succeeds, the kernel
+	// collects garbage and moves every object that survives into the interpreter's
+	// permanent generation (gc.freeze), so that the session's later collections do not
+	// walk the warm-up's imports again.
+	Warmup bool `json:"warmup,omitempty"`
 }
 
 // Execution is an execution's state and, once finished, its result.

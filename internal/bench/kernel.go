@@ -84,7 +84,7 @@ func Kernel(ctx context.Context, rt sandbox.Runtime, cfg KernelConfig) (res Kern
 			return res, fmt.Errorf("create %d: %w", i, err)
 		}
 		created = append(created, info.ID)
-		r, err := rt.Agent(info.ID).Execute(ctx, agentapi.ExecuteRequest{Code: warm, TimeoutSeconds: 120})
+		r, err := rt.Agent(info.ID).Execute(ctx, agentapi.ExecuteRequest{Code: warm, TimeoutSeconds: 120, Warmup: true})
 		if err != nil || r.Status != agentapi.StatusSucceeded {
 			return res, fmt.Errorf("warm-up %d: %v %s", i, err, r.Stderr)
 		}

@@ -320,7 +320,7 @@ func WarmupHook(spec pool.Spec, onKernel func(agentapi.KernelInfo)) func(context
 		if code == "" {
 			code = "None"
 		}
-		res, err := ag.Execute(ctx, agentapi.ExecuteRequest{Code: code, TimeoutSeconds: int(WarmupTimeout / time.Second)})
+		res, err := ag.Execute(ctx, agentapi.ExecuteRequest{Code: code, TimeoutSeconds: int(WarmupTimeout / time.Second), Warmup: true})
 		if err != nil {
 			return fmt.Errorf("warming up sandbox %s: %w", info.ID, err)
 		}
