@@ -37,11 +37,10 @@ var resultExpr = strings.Join(strings.Fields(`
  'other')
 (__import__('IPython').get_ipython().history_manager.output_hist.get(__import__('IPython').get_ipython().execution_count - 1))`), " ")
 
-// settleKey names the user expression that ends a warm-up; settleExpr, evaluated only
-// when the warm-up code succeeded (and after resultExpr: the kernel evaluates user
-// expressions in the order of the request, which encoding/json sorts by key), collects the garbage the imports left and freezes what
-// survives. A full collection would otherwise walk those objects again and again: 65,000
-// of them after the default warm-up, about 20 ms a collection under gVisor.
+// settleKey names the user expression that ends a warm-up. settleExpr, which the kernel
+// evaluates only when the warm-up code succeeded, collects the garbage the imports left and
+// freezes what survives: a full collection would otherwise walk those objects again and
+// again, 65,000 of them after the default warm-up, about 20 ms a collection under gVisor.
 const (
 	settleKey  = "sessiond_settle"
 	settleExpr = "(__import__('gc').collect(), __import__('gc').freeze())"
