@@ -226,7 +226,7 @@ auth:
 		for f := range reflect.TypeFor[agentapi.ExecuteRequest]().Fields() {
 			fields = append(fields, f.Name)
 		}
-		if want := []string{"ID", "Code", "TimeoutSeconds", "StreamLimit", "Async", "JupyterFormat", "EmptyKernel"}; !slices.Equal(fields, want) {
+		if want := []string{"ID", "Code", "TimeoutSeconds", "StreamLimit", "Async", "JupyterFormat", "EmptyKernel", "Warmup"}; !slices.Equal(fields, want) {
 			t.Errorf("agentapi.ExecuteRequest has fields %v, want %v: does a header reach the sandbox now?", fields, want)
 		}
 		tok := ec2.mint(t, valid(nil), nil)
