@@ -62,6 +62,7 @@ func benchAPI(ctx context.Context, g *globals, args []string) error {
 	fs.IntVar(&cfg.Warm, "warm", 50, "first executions on new identifiers (warm pool)")
 	fs.IntVar(&cfg.WarmBatch, "warm-batch", 5, "first executions per round; at most the pool's readySessionInstances")
 	fs.DurationVar(&cfg.WarmRefill, "refill-wait", 10*time.Second, "pause for the pool to refill: between warm rounds and before the timed executions on an existing session")
+	fs.BoolVar(&cfg.Paired, "paired", false, "time an execution on a reference session right before each warm first execution, and the p50 of the differences")
 	fs.BoolVar(&cfg.Second, "second", false, "after each warm round and the refill, one more execution on each of its identifiers (adds a -refill-wait per round)")
 	fs.IntVar(&cfg.Existing, "existing", 200, "executions on one existing session")
 	fs.IntVar(&cfg.Paused, "paused", 20, "more executions on that session, each after -pause idle")

@@ -118,6 +118,12 @@ type APIConfig struct {
 	// for again): the same sandboxes after as long an idle, no longer fresh from their
 	// warm-up. It tells a fresh sandbox's cost from the cost of its idleness.
 	Second bool
+	// Paired, if set, times an execution on a reference session (an existing one, used
+	// by the previous pair moments before) right before each warm first execution: the
+	// two see the machine in the same state, and the p50 of the differences is the new
+	// session's overhead without the drift between separate phases. It takes one more
+	// session, made before the first round.
+	Paired bool
 	// Existing is how many executions are timed on one existing session, back to back,
 	// after WarmRefill for the pool to replace what was taken.
 	Existing int
@@ -144,7 +150,11 @@ type APIResult struct {
 	// FirstExecWarm.P50 - SecondExec.P50.
 	SecondExec        Summary       `json:"secondExecutionAfterRefill"`
 	OverheadSecondP50 time.Duration `json:"firstOverSecondP50"`
-	ExistingExec      Summary       `json:"executionExistingSession"`
+	// PairedRef: the reference executions of APIConfig.Paired; PairedOverhead sums up
+	// each first execution minus the reference execution just before it.
+	PairedRef      Summary `json:"pairedReference"`
+	PairedOverhead Summary `json:"pairedOverhead"`
+	ExistingExec   Summary `json:"executionExistingSession"`
 	// OverheadP50 is FirstExecWarm.P50 - ExistingExec.P50: what binding a new session costs
 	// over a session that is executing back to back.
 	OverheadP50 time.Duration `json:"newSessionOverheadP50"`
@@ -178,7 +188,18 @@ func API(ctx context.Context, c *APIClient, cfg APIConfig, progress io.Writer) (
 		}
 	}
 
-	var warm, second []time.Duration
+	var warm, second, refs, diffs []time.Duration
+	ref := ""
+	if cfg.Paired && cfg.Warm > 0 {
+		ref = NewIdentifier("bench-reference-")
+		cleanup = append(cleanup, ref)
+		if _, err := c.Execute(ctx, ref, "1+1", "2"); err != nil {
+			return res, fmt.Errorf("reference session: %w", err)
+		}
+		if err := sleep(ctx, cfg.WarmRefill); err != nil { // for the pool to replace it
+			return res, err
+		}
+	}
 	for len(warm) < cfg.Warm {
 		n := min(cfg.WarmBatch, cfg.Warm-len(warm))
 		var round []string
@@ -186,11 +207,22 @@ func API(ctx context.Context, c *APIClient, cfg APIConfig, progress io.Writer) (
 			id := NewIdentifier("bench-warm-")
 			round = append(round, id)
 			cleanup = append(cleanup, id) // until the round is deleted below
+			var dRef time.Duration
+			if ref != "" {
+				r, err := c.Execute(ctx, ref, "1+1", "2")
+				if err != nil {
+					return res, fmt.Errorf("reference execution: %w", err)
+				}
+				dRef = r
+			}
 			d, err := c.Execute(ctx, id, "1+1", "2")
 			if err != nil {
 				return res, fmt.Errorf("first execution: %w", err)
 			}
 			warm = append(warm, d)
+			if ref != "" {
+				refs, diffs = append(refs, dRef), append(diffs, d-dRef)
+			}
 		}
 		if cfg.Second {
 			if err := sleep(ctx, cfg.WarmRefill); err != nil {
@@ -223,6 +255,12 @@ func API(ctx context.Context, c *APIClient, cfg APIConfig, progress io.Writer) (
 	if len(second) > 0 {
 		res.SecondExec = Summarize(second)
 		res.OverheadSecondP50 = res.FirstExecWarm.P50 - res.SecondExec.P50
+	}
+	if ref != "" {
+		res.PairedRef, res.PairedOverhead = Summarize(refs), Summarize(diffs)
+		if err := c.DeleteSession(ctx, ref); err != nil { // the phases below run as without it
+			return res, err
+		}
 	}
 
 	if cfg.Existing > 0 {
@@ -406,12 +444,16 @@ func WriteAPITable(w io.Writer, r APIResult) {
 	for _, row := range []struct {
 		name string
 		s    Summary
-	}{{"first execution, new id, warm pool", r.FirstExecWarm}, {"second, same ids, after the refill", r.SecondExec},
+	}{{"first execution, new id, warm pool", r.FirstExecWarm}, {"reference just before each first", r.PairedRef},
+		{"paired difference (first - reference)", r.PairedOverhead}, {"second, same ids, after the refill", r.SecondExec},
 		{"execution, existing session", r.ExistingExec},
 		{fmt.Sprintf("existing session after %v idle", r.Pause), r.PausedExec}, {"burst, per request", r.Burst}} {
 		if row.s.N > 0 {
 			fmt.Fprintf(w, "%-34s %6d %8s %8s %8s %8s\n", row.name, row.s.N, ms(row.s.P50), ms(row.s.P95), ms(row.s.P99), ms(row.s.Max))
 		}
+	}
+	if r.PairedOverhead.N > 0 {
+		fmt.Fprintf(w, "new-session overhead over the paired reference (p50 of differences): %s ms\n", ms(r.PairedOverhead.P50))
 	}
 	if r.SecondExec.N > 0 {
 		fmt.Fprintf(w, "first execution over the second on the same sandboxes (p50 difference): %s ms\n", ms(r.OverheadSecondP50))

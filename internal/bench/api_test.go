@@ -31,7 +31,7 @@ func TestAPI(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	c := bench.NewAPIClient(srv.URL + "/pools/bench")
-	res, err := bench.API(ctx, c, bench.APIConfig{Warm: 3, WarmBatch: 2, WarmRefill: 100 * time.Millisecond, Second: true,
+	res, err := bench.API(ctx, c, bench.APIConfig{Warm: 3, WarmBatch: 2, WarmRefill: 100 * time.Millisecond, Second: true, Paired: true,
 		Existing: 4, Paused: 2, Pause: 50 * time.Millisecond, Burst: 2, Sessions: 2, ThroughputFor: 300 * time.Millisecond, Hold: 1}, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -42,6 +42,11 @@ func TestAPI(t *testing.T) {
 	}
 	if res.OverheadP50 != res.FirstExecWarm.P50-res.ExistingExec.P50 || res.OverheadSecondP50 != res.FirstExecWarm.P50-res.SecondExec.P50 || res.OverheadIdleP50 != res.FirstExecWarm.P50-res.PausedExec.P50 {
 		t.Errorf("overheads %v, %v do not follow from %+v", res.OverheadP50, res.OverheadIdleP50, res)
+	}
+	// Each paired difference is a first execution minus a reference one.
+	if p := res.PairedOverhead; res.PairedRef.N != 3 || p.N != 3 ||
+		p.Min < res.FirstExecWarm.Min-res.PairedRef.Max || p.Max > res.FirstExecWarm.Max-res.PairedRef.Min {
+		t.Errorf("paired reference %+v and differences %+v do not follow from the first executions %+v", res.PairedRef, p, res.FirstExecWarm)
 	}
 	if res.PausedExec.P50 <= 0 || res.ExistingExec.P50 <= 0 {
 		t.Errorf("result %+v: an execution took no time", res)
