@@ -445,7 +445,7 @@ func WriteAPITable(w io.Writer, r APIResult) {
 		name string
 		s    Summary
 	}{{"first execution, new id, warm pool", r.FirstExecWarm}, {"reference just before each first", r.PairedRef},
-		{"paired difference (first - reference)", r.PairedOverhead}, {"second, same ids, after the refill", r.SecondExec},
+		{"paired: first minus reference", r.PairedOverhead}, {"second, same ids, after the refill", r.SecondExec},
 		{"execution, existing session", r.ExistingExec},
 		{fmt.Sprintf("existing session after %v idle", r.Pause), r.PausedExec}, {"burst, per request", r.Burst}} {
 		if row.s.N > 0 {
