@@ -72,6 +72,10 @@
 #   so each request made four log records that the handler then dropped. Here the logger's
 #   level is raised to its handlers' lowest, which drops the same records before they are
 #   made; what reaches stderr is unchanged.
+# - The formatters' lazy state: the display formatters build their trait defaults, type
+#   tables and configuration lookups on their first use, about 2 ms of Python that fell in
+#   a session's first execution with a result. Here one value is formatted at start, while
+#   the sandbox warms up.
 # - The agent's preload library (LD_PRELOAD; see preload/kernel_preload.c) answers ZeroMQ's
 #   getpid calls without a system call. It is for this process only: it leaves the
 #   environment first thing, so user code and the processes it starts do not see it.
