@@ -65,13 +65,14 @@
 #   direct path cannot bind the same way go through the decorator's wrapper as before.
 # - Message dates: jupyter_client parses the date in each incoming message's header with
 #   dateutil's general-purpose parser (78 us natively, once per execution; about 300 of
-#   the 3700 Python function calls of a `1+1`). Here a date that matches jupyter_client's own ISO 8601 pattern is parsed by
-#   datetime.fromisoformat (about 1 us), which reads every string of that pattern to the
-#   same instant and offset; a string it refuses still goes to dateutil, as before.
-# - The kernel's log: IPKernelApp's logger is at DEBUG and its one handler (stderr) at WARNING,
-#   so each request made four log records that the handler then dropped. Here the logger's
-#   level is raised to its handlers' lowest, which drops the same records before they are
-#   made; what reaches stderr is unchanged.
+#   the 3700 Python function calls of a `1+1`). Here a date that matches jupyter_client's
+#   own ISO 8601 pattern is parsed by datetime.fromisoformat (about 1 us), which reads
+#   every string of that pattern to the same instant and offset; a string it refuses
+#   still goes to dateutil, as before.
+# - The kernel's log: IPKernelApp's logger is at DEBUG and its one handler (stderr) at
+#   WARNING, so each request made four log records that the handler then dropped. Here the
+#   logger's level is raised to its handlers' lowest, which drops the same records before
+#   they are made; what reaches stderr is unchanged.
 # - The formatters' lazy state: the display formatters build their trait defaults, type
 #   tables and configuration lookups on their first use, about 2 ms of Python that fell in
 #   a session's first execution with a result. Here one value is formatted at start, while

@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -243,7 +244,7 @@ func API(ctx context.Context, c *APIClient, cfg APIConfig, progress io.Writer) (
 				return res, err
 			}
 		}
-		cleanup = cleanup[:0]
+		cleanup = cleanup[:len(cleanup)-len(round)] // the round's, appended last
 		logf("warm first executions: %d/%d", len(warm), cfg.Warm)
 		if len(warm) < cfg.Warm {
 			if err := sleep(ctx, cfg.WarmRefill); err != nil {
@@ -261,6 +262,7 @@ func API(ctx context.Context, c *APIClient, cfg APIConfig, progress io.Writer) (
 		if err := c.DeleteSession(ctx, ref); err != nil { // the phases below run as without it
 			return res, err
 		}
+		cleanup = slices.DeleteFunc(cleanup, func(id string) bool { return id == ref })
 	}
 
 	if cfg.Existing > 0 {
